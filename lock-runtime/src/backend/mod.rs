@@ -1,0 +1,125 @@
+//! The backends behind one internal interface: single Redis, and in-process memory.
+//!
+//! A backend answers four questions in one step each: take the lock if free (with a fencing
+//! number) or say how long it stays busy; release it if still owned (or shorten it to the minimum
+//! hold); extend it if still owned; and tell waiters when it may have become free.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::error::BackendError;
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+/// The result of one acquisition attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// The lock is ours, with this fencing number.
+    Acquired { fence: u64 },
+    /// Someone else holds it; it expires in `ttl` unless renewed (`None`: no expiry known).
+    Busy { ttl: Option<Duration> },
+}
+
+/// What a release found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// The lock was ours and is now released (or shortened to the minimum hold).
+    Done,
+    /// The lock was no longer ours: it expired, or another holder has it now.
+    NotOwner,
+}
+
+pub(crate) enum Backend {
+    Redis(redis::RedisBackend),
+    Memory(memory::MemoryBackend),
+}
+
+impl Backend {
+    pub(crate) async fn try_acquire(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<Attempt, BackendError> {
+        match self {
+            Backend::Redis(b) => b.try_acquire(key, token, lease).await,
+            Backend::Memory(b) => Ok(b.try_acquire(key, token, lease)),
+        }
+    }
+
+    /// Releases if `token` still owns `key`; `keep` shortens the expiry instead of deleting.
+    pub(crate) async fn release(
+        &self,
+        key: &str,
+        token: &str,
+        keep: Option<Duration>,
+    ) -> Result<Released, BackendError> {
+        match self {
+            Backend::Redis(b) => b.release(key, token, keep).await,
+            Backend::Memory(b) => Ok(b.release(key, token, keep)),
+        }
+    }
+
+    /// Extends the lease if `token` still owns `key`; false when it does not.
+    pub(crate) async fn renew(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, BackendError> {
+        match self {
+            Backend::Redis(b) => b.renew(key, token, lease).await,
+            Backend::Memory(b) => Ok(b.renew(key, token, lease)),
+        }
+    }
+
+    /// Registers interest in `key`'s release. Returns once a release published after this call
+    /// is guaranteed to wake the returned subscription (Redis: the channel is subscribed).
+    pub(crate) async fn subscribe(&self, key: &str) -> Subscription {
+        match self {
+            Backend::Redis(b) => b.subscribe(key).await,
+            Backend::Memory(b) => b.subscribe(key),
+        }
+    }
+}
+
+/// A waiter's registration for one key's wake-ups. Dropping it unregisters.
+pub(crate) struct Subscription {
+    notify: Arc<Notify>,
+    _unregister: Unregister,
+}
+
+impl Subscription {
+    pub(crate) fn new(notify: Arc<Notify>, unregister: Unregister) -> Self {
+        Subscription {
+            notify,
+            _unregister: unregister,
+        }
+    }
+
+    /// The wake-up source. A release wakes one waiting task of this process per message; a
+    /// woken waiter that is dropped before it acts passes its wake-up on (tokio's `Notify`).
+    pub(crate) fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+/// Runs the backend's unregistration when a [`Subscription`] is dropped.
+pub(crate) struct Unregister(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Unregister {
+    pub(crate) fn new(f: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Unregister(Some(Box::new(f)))
+    }
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Single Redis server: one script call per step, waiters woken by pub/sub.
+//!
+//! Names for a lock `K` under prefix `P` (default `lock:`):
+//! - `P{K}`: the lock, holding the owner's token with a PX expiry;
+//! - `P{K}:fence`: the fencing counter, never expiring;
+//! - channel `P{K}:released`: a message on every release.
+//!
+//! The `{K}` hash tag keeps the lock and its counter in one Cluster slot.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use super::{Attempt, Released, Subscription};
+use crate::error::BackendError;
+
+mod waiters;
+
+use waiters::Waiters;
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("acquire.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renew.lua")));
+
+/// Connection settings the Redis backend needs from the locker's builder.
+pub(crate) struct RedisSettings {
+    pub(crate) prefix: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+}
+
+pub(crate) struct RedisBackend {
+    conn: ConnectionManager,
+    prefix: String,
+    response_timeout: Duration,
+    waiters: Waiters,
+}
+
+/// How many times the command connection retries a lost connection before a command fails;
+/// each failure is reported to the caller, so a long retry chain would only hide an outage.
+const RECONNECT_RETRIES: usize = 2;
+
+impl RedisBackend {
+    pub(crate) async fn connect(
+        client: redis::Client,
+        settings: RedisSettings,
+    ) -> Result<Self, BackendError> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.response_timeout))
+            .set_number_of_retries(RECONNECT_RETRIES);
+        let connect = async {
+            let mut conn = client.get_connection_manager_with_config(config).await?;
+            // Load the scripts now: the first acquire is then one EVALSHA like every other, and a
+            // wrong password or an unusable server shows up here rather than at the first lock.
+            for script in [&*ACQUIRE, &*RELEASE, &*RENEW] {
+                script.load_async(&mut conn).await?;
+            }
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let conn = tokio::time::timeout(settings.connect_timeout + settings.response_timeout, connect)
+            .await
+            .map_err(|_| BackendError::Timeout(settings.connect_timeout, "connecting"))??;
+        let waiters = Waiters::start(client, settings.connect_timeout, settings.response_timeout);
+        Ok(RedisBackend {
+            conn,
+            prefix: settings.prefix,
+            response_timeout: settings.response_timeout,
+            waiters,
+        })
+    }
+
+    fn lock_key(&self, key: &str) -> String {
+        format!("{}{{{}}}", self.prefix, key)
+    }
+
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+        what: &'static str,
+    ) -> Result<T, BackendError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.response_timeout, invocation.invoke_async(&mut conn)).await
+        {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(BackendError::Timeout(self.response_timeout, what)),
+        }
+    }
+
+    pub(crate) async fn try_acquire(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<Attempt, BackendError> {
+        let lock = self.lock_key(key);
+        let fence = format!("{lock}:fence");
+        let mut invocation = ACQUIRE.prepare_invoke();
+        invocation
+            .key(&lock)
+            .key(&fence)
+            .arg(token)
+            .arg(millis(lease));
+        let reply: Vec<i64> = self.call(invocation, "acquiring").await?;
+        match reply.as_slice() {
+            [1, fence] if *fence > 0 => Ok(Attempt::Acquired {
+                fence: *fence as u64,
+            }),
+            // PTTL -1: a key without expiry (not set by us); -2: it vanished meanwhile.
+            [0, pttl] => Ok(Attempt::Busy {
+                ttl: u64::try_from(*pttl).ok().map(Duration::from_millis),
+            }),
+            other => Err(BackendError::UnexpectedReply(format!(
+                "acquire script returned {other:?}"
+            ))),
+        }
+    }
+
+    pub(crate) async fn release(
+        &self,
+        key: &str,
+        token: &str,
+        keep: Option<Duration>,
+    ) -> Result<Released, BackendError> {
+        let lock = self.lock_key(key);
+        let channel = format!("{lock}:released");
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation
+            .key(&lock)
+            .arg(token)
+            .arg(keep.map_or(0, |k| millis(k).max(1)))
+            .arg(&channel);
+        let reply: i64 = self.call(invocation, "releasing").await?;
+        Ok(if reply == 1 {
+            Released::Done
+        } else {
+            Released::NotOwner
+        })
+    }
+
+    pub(crate) async fn renew(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, BackendError> {
+        let mut invocation = RENEW.prepare_invoke();
+        invocation
+            .key(self.lock_key(key))
+            .arg(token)
+            .arg(millis(lease));
+        let reply: i64 = self.call(invocation, "renewing").await?;
+        Ok(reply == 1)
+    }
+
+    pub(crate) async fn subscribe(&self, key: &str) -> Subscription {
+        let channel = format!("{}:released", self.lock_key(key));
+        self.waiters.subscribe(channel).await
+    }
+}
+
+/// Milliseconds for PX/PEXPIRE, rounded up so a sub-millisecond remainder never becomes 0.
+fn millis(d: Duration) -> u64 {
+    let ms = d.as_millis();
+    let ms = if d > Duration::from_millis(ms as u64) { ms + 1 } else { ms };
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}

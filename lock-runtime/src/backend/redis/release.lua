@@ -1,0 +1,17 @@
+-- Release the lock only if ARGV[1] still owns it. One round trip.
+-- KEYS[1] lock key
+-- ARGV[1] owner token, ARGV[2] milliseconds to keep it (0: delete now; > 0: hold_at_least's rest),
+-- ARGV[3] the lock's wake-up channel
+-- Returns 1 when released (or shortened), 0 when the lock was not ours any more.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local keep = tonumber(ARGV[2])
+if keep > 0 then
+  redis.call('PEXPIRE', KEYS[1], keep)
+else
+  redis.call('DEL', KEYS[1])
+end
+-- Wake one waiter per process; after a shortening it learns the new, shorter expiry.
+redis.call('PUBLISH', ARGV[3], keep)
+return 1

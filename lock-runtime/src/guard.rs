@@ -1,0 +1,263 @@
+//! `LockGuard`: proof of holding a lock, with its fencing number, its lease keeper (watchdog or
+//! expiry timer), its lost signal, and release (explicit, or in the background on Drop).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Released;
+use crate::context::{self, Owner};
+use crate::error::LockError;
+use crate::locker::LockerInner;
+
+/// The shared state of one acquisition in Redis. Re-entrant guards of the same task share it.
+pub(crate) struct HeldLock {
+    pub(crate) locker: Arc<LockerInner>,
+    pub(crate) key: String,
+    pub(crate) token: String,
+    pub(crate) fence: u64,
+    pub(crate) owner: Owner,
+    /// When `acquire` returned; `hold_at_least` counts from here.
+    pub(crate) acquired_at: Instant,
+    pub(crate) hold_at_least: Option<Duration>,
+    /// Cancelled when the lease is lost. Never cancelled by a release.
+    pub(crate) lost: CancellationToken,
+    /// The watchdog, or the timer that reports a fixed lease running out.
+    pub(crate) keeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl HeldLock {
+    /// Marks the lease lost (once), logging why.
+    pub(crate) fn mark_lost(key: &str, fence: u64, lost: &CancellationToken, why: &str) {
+        if !lost.is_cancelled() {
+            tracing::warn!(key, fence, reason = why, "lock lease lost");
+            lost.cancel();
+        }
+    }
+
+    /// Stops the keeper and waits until it has stopped, so no renewal is sent after this returns.
+    async fn stop_keeper(&self) {
+        let keeper = self
+            .keeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(keeper) = keeper {
+            keeper.abort();
+            let _ = keeper.await;
+        }
+    }
+
+    /// The release in the backend, done once by the last guard of this acquisition.
+    pub(crate) async fn release_in_backend(&self) -> Result<(), LockError> {
+        self.stop_keeper().await;
+        let keep = self
+            .hold_at_least
+            .and_then(|hold| hold.checked_sub(self.acquired_at.elapsed()))
+            .filter(|rest| !rest.is_zero());
+        let released = self
+            .locker
+            .backend
+            .release(&self.key, &self.token, keep)
+            .await
+            .map_err(|e| LockError::backend(Some(&self.key), e))?;
+        match released {
+            Released::Done if !self.lost.is_cancelled() => {
+                tracing::debug!(
+                    key = %self.key,
+                    fence = self.fence,
+                    held = ?self.acquired_at.elapsed(),
+                    kept_for = ?keep,
+                    "lock released"
+                );
+                Ok(())
+            }
+            Released::Done => Err(self.lease_lost()),
+            Released::NotOwner => {
+                Self::mark_lost(
+                    &self.key,
+                    self.fence,
+                    &self.lost,
+                    "at release the lock had expired or belonged to another holder",
+                );
+                Err(self.lease_lost())
+            }
+        }
+    }
+
+    fn lease_lost(&self) -> LockError {
+        LockError::LeaseLost {
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// A held lock. Release it with [`LockGuard::release`] to learn whether the lease held to the
+/// end; dropping it (early return, panic, cancelled future) releases in the background.
+///
+/// ```
+/// # async fn demo() -> Result<(), distributed_lock_runtime::LockError> {
+/// use std::time::Duration;
+/// use distributed_lock_runtime::{LockOptions, Locker};
+///
+/// let locker = Locker::in_memory();
+/// let guard = locker.acquire("book:978-0", LockOptions::new().lease(Duration::from_secs(5))).await?;
+/// let fence = guard.fencing_token(); // pass it to the store so stale writers are refused
+/// assert!(fence > 0 && !guard.is_lost());
+/// guard.release().await?; // Err(LeaseLost) if the lease ran out meanwhile
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard {
+    held: Arc<HeldLock>,
+    /// Set by `release`, so Drop does not release a second time.
+    released: bool,
+}
+
+impl LockGuard {
+    pub(crate) fn new(held: Arc<HeldLock>) -> Self {
+        LockGuard {
+            held,
+            released: false,
+        }
+    }
+
+    fn held(&self) -> &Arc<HeldLock> {
+        &self.held
+    }
+
+    /// The key, as given to `acquire`.
+    pub fn key(&self) -> &str {
+        &self.held().key
+    }
+
+    /// The fencing number of this acquisition: strictly greater than every earlier acquisition's
+    /// of the same key. Give it to the store you write to, and have the store refuse writes with a
+    /// lower number than it has seen: then a holder that lost its lease (paused, partitioned)
+    /// cannot overwrite a newer holder's work.
+    pub fn fencing_token(&self) -> u64 {
+        self.held().fence
+    }
+
+    /// True once the lease is known to be lost (expired, or taken by another holder).
+    pub fn is_lost(&self) -> bool {
+        self.held().lost.is_cancelled()
+    }
+
+    /// Resolves when the lease is lost; never resolves while it holds.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.held().lost.clone().cancelled_owned()
+    }
+
+    /// A cheap handle with the same read-only view, e.g. for another task.
+    pub fn handle(&self) -> LockHandle {
+        LockHandle {
+            held: Arc::clone(self.held()),
+        }
+    }
+
+    /// Runs `fut` with this lock visible to [`crate::current`].
+    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
+        context::scope(self.handle(), fut).await
+    }
+
+    /// Releases the lock: deletes it in Redis if this is the outermost guard and it still owns it
+    /// (or shortens it to what remains of `hold_at_least`), and stops the watchdog first.
+    ///
+    /// Returns [`LockError::LeaseLost`] when the lease was lost while held: work done under it may
+    /// have overlapped another holder's. A [`LockError::Backend`] error means the release did not
+    /// reach the server; the lock then expires by its lease.
+    pub async fn release(mut self) -> Result<(), LockError> {
+        self.released = true;
+        let held = Arc::clone(&self.held);
+        drop(self);
+        if held.locker.leave(&held) {
+            held.release_in_backend().await
+        } else if held.lost.is_cancelled() {
+            Err(held.lease_lost())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let held = Arc::clone(&self.held);
+        if !held.locker.leave(&held) {
+            return;
+        }
+        // Never block or panic here: hand the release to the runtime. Without a runtime (dropped
+        // after it shut down) the lease's expiry frees the lock.
+        let handle = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| held.locker.runtime.clone());
+        let Some(handle) = handle else {
+            tracing::warn!(key = %held.key, "lock guard dropped outside a runtime; it expires with its lease");
+            return;
+        };
+        tracing::debug!(key = %held.key, fence = held.fence, "lock guard dropped without release; releasing in the background");
+        handle.spawn(async move {
+            if let Err(error) = held.release_in_backend().await {
+                tracing::warn!(key = %held.key, %error, "background release of a dropped lock guard failed");
+            }
+        });
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.held.key)
+            .field("fencing_token", &self.held.fence)
+            .field("lost", &self.held.lost.is_cancelled())
+            .finish()
+    }
+}
+
+/// A read-only view of a held lock: what [`crate::current`] returns inside a locked body.
+#[derive(Clone)]
+pub struct LockHandle {
+    held: Arc<HeldLock>,
+}
+
+impl LockHandle {
+    /// The key, as given to `acquire`.
+    pub fn key(&self) -> &str {
+        &self.held.key
+    }
+
+    /// The acquisition's fencing number; see [`LockGuard::fencing_token`].
+    pub fn fencing_token(&self) -> u64 {
+        self.held.fence
+    }
+
+    /// True once the lease is known to be lost.
+    pub fn is_lost(&self) -> bool {
+        self.held.lost.is_cancelled()
+    }
+
+    /// Resolves when the lease is lost.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.held.lost.clone().cancelled_owned()
+    }
+}
+
+impl fmt::Debug for LockHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockHandle")
+            .field("key", &self.held.key)
+            .field("fencing_token", &self.held.fence)
+            .field("lost", &self.held.lost.is_cancelled())
+            .finish()
+    }
+}

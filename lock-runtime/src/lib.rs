@@ -1,0 +1,58 @@
+//! The runtime of `distributed-lock`: owner-safe Redis locks with waiting, leases, watchdog
+//! renewal and fencing tokens. Most users reach it through the `distributed-lock` facade and its
+//! `#[distributed_lock]` attribute; everything here can also be called by hand.
+//!
+//! # Data model (single Redis server)
+//!
+//! For a lock `K` with the key prefix `P` (default `lock:`):
+//!
+//! | name | type | content |
+//! |---|---|---|
+//! | `P{K}` | string, PX expiry | the holder's 128-bit random token (32 hex digits) |
+//! | `P{K}:fence` | string (integer), no expiry | the last fencing number handed out for `K` |
+//! | `P{K}:released` | pub/sub channel | one message per release (payload: ms still held, 0 if deleted) |
+//!
+//! The `{K}` hash tag puts the lock and its counter in one Cluster slot. Every step is one script
+//! call (one round trip) that names every key it touches in `KEYS`:
+//!
+//! - **acquire**: `SET P{K} token NX PX lease`; on success `INCR P{K}:fence` and return it, else
+//!   return the holder's `PTTL`. A missing counter starts from the server clock in microseconds,
+//!   so fencing numbers keep growing even across a restart that lost the counter.
+//! - **release**: if `GET P{K} == token`: `DEL` (or `PEXPIRE` to what remains of
+//!   `hold_at_least`) and `PUBLISH P{K}:released`. A non-owner changes nothing.
+//! - **renew** (watchdog, every renewal interval): if `GET P{K} == token`: `PEXPIRE lease`.
+//!
+//! Waiters subscribe to `P{K}:released` before retrying, through one subscriber connection per
+//! [`Locker`] shared by all waiting tasks, and sleep until a message or the holder's expiry.
+//!
+//! # Guarantees and their limits
+//!
+//! Nothing deletes or extends a lock it does not own. A holder learns that its lease was lost
+//! ([`LockGuard::lost`], [`LockGuard::release`] returning [`LockError::LeaseLost`]). A single Redis
+//! server that loses its data (restart without persistence, failover to a replica that missed the
+//! write) can let a second holder in while the first still works: the first is told, but only the
+//! fencing token, checked by the store you write to, makes its late writes harmless.
+#![warn(missing_docs)]
+
+mod backend;
+mod context;
+mod error;
+mod guard;
+mod locker;
+mod options;
+
+#[doc(hidden)]
+pub mod __private {
+    //! For generated code only.
+    pub use crate::expansion::*;
+}
+mod expansion;
+
+pub use context::current;
+pub use error::{BackendError, LockError};
+pub use guard::{LockGuard, LockHandle};
+pub use locker::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_WATCHDOG_LEASE,
+    Locker, LockerBuilder, MAX_KEY_LEN, default_locker, install,
+};
+pub use options::{DEFAULT_WAIT, LockOptions, MAX_DURATION, MIN_LEASE};

@@ -1,0 +1,592 @@
+//! `Locker`: the cheap-clone handle users hold. Acquire, wait, keep the lease, install a default.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::redis::{RedisBackend, RedisSettings};
+use crate::backend::{Attempt, Backend};
+use crate::context::Owner;
+use crate::error::{BackendError, LockError};
+use crate::guard::{HeldLock, LockGuard};
+use crate::options::{LockOptions, MAX_DURATION, check_lease};
+
+/// The key prefix in Redis when none is set.
+pub const DEFAULT_KEY_PREFIX: &str = "lock:";
+/// The lease the watchdog keeps renewing when a lock is taken without a fixed lease (Redisson's
+/// `lockWatchdogTimeout`): how long a crashed holder keeps others out.
+pub const DEFAULT_WATCHDOG_LEASE: Duration = Duration::from_secs(30);
+/// How long connecting (TCP, TLS, AUTH, SELECT) may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one command may wait for its answer.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest key accepted, in bytes: a longer one is almost surely a value passed by mistake.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Bounds for the pause before retrying a failed renewal: short enough to renew before the lease
+/// runs out, long enough not to hammer a server that is down.
+const RENEW_RETRY_MIN: Duration = Duration::from_millis(10);
+const RENEW_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Lock-takers' handle on one backend. Cheap to clone; clones share the connections.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), distributed_lock_runtime::LockError> {
+/// use std::time::Duration;
+/// use distributed_lock_runtime::{LockOptions, Locker};
+///
+/// let locker = Locker::connect("redis://127.0.0.1:6379/0").await?;
+/// let guard = locker
+///     .acquire("ranking", LockOptions::new().wait(Duration::from_secs(10)).lease(Duration::from_secs(5)))
+///     .await?;
+/// // ... flush the ranking ...
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Locker {
+    pub(crate) inner: Arc<LockerInner>,
+}
+
+pub(crate) struct LockerInner {
+    pub(crate) backend: Backend,
+    watchdog_lease: Duration,
+    renewal_interval: Duration,
+    /// The runtime the locker was made on: Drop of a guard outside any runtime context still
+    /// hands its release to it.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// Locks held through this locker, per owning task: the re-entrancy table.
+    held: Mutex<HashMap<(Owner, String), (Arc<HeldLock>, usize)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Locker {
+    /// Connects to one Redis server with the default settings. The URL takes the forms
+    /// `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS), and
+    /// `redis+unix:///path/to/socket`.
+    pub async fn connect(url: &str) -> Result<Locker, LockError> {
+        Locker::builder(url).build().await
+    }
+
+    /// An in-process locker with the same semantics (tokens, leases, watchdog, fencing,
+    /// reentrancy, wake-ups), for unit tests and single-process applications.
+    pub fn in_memory() -> Locker {
+        Locker::from_backend(
+            Backend::Memory(MemoryBackend::default()),
+            DEFAULT_WATCHDOG_LEASE,
+            DEFAULT_WATCHDOG_LEASE / 3,
+        )
+    }
+
+    /// Settings for a Redis locker: key prefix, watchdog lease, renewal interval, timeouts.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), distributed_lock_runtime::LockError> {
+    /// use std::time::Duration;
+    /// let locker = distributed_lock_runtime::Locker::builder("redis://:secret@cache:6379/2")
+    ///     .key_prefix("billing:lock:")
+    ///     .watchdog_lease(Duration::from_secs(10))
+    ///     .connect_timeout(Duration::from_secs(2))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(url: impl Into<String>) -> LockerBuilder {
+        LockerBuilder::new(Target::Redis(url.into()))
+    }
+
+    /// The same settings for an in-process locker (only the watchdog settings apply).
+    pub fn in_memory_builder() -> LockerBuilder {
+        LockerBuilder::new(Target::Memory)
+    }
+
+    fn from_backend(backend: Backend, watchdog_lease: Duration, renewal_interval: Duration) -> Self {
+        Locker {
+            inner: Arc::new(LockerInner {
+                backend,
+                watchdog_lease,
+                renewal_interval,
+                runtime: tokio::runtime::Handle::try_current().ok(),
+                held: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Takes the lock `key`, waiting up to `options`' wait for a holder to release it.
+    ///
+    /// - Uncontended: one round trip. Busy: the caller subscribes to the lock's release channel,
+    ///   retries once, then sleeps until a release message or the holder's expiry (no polling).
+    /// - Re-entrant: a task that already holds `key` through this locker gets it at once, with no
+    ///   round trip; only the outermost guard's release releases in Redis. Note that futures
+    ///   joined inside one task (`join!`, `select!`) are one holder: spawn tasks for concurrency.
+    /// - Cancel-safe: dropping the returned future never leaves the lock held.
+    ///
+    /// Errors: [`LockError::NotAcquired`] after the wait, [`LockError::Backend`] at once on a
+    /// connection or server fault, [`LockError::InvalidKey`] / [`LockError::InvalidOptions`].
+    pub async fn acquire(
+        &self,
+        key: impl AsRef<str>,
+        options: LockOptions,
+    ) -> Result<LockGuard, LockError> {
+        let key = key.as_ref();
+        validate_key(key)?;
+        options.validate(key)?;
+        let inner = &self.inner;
+        let owner = Owner::current();
+        if let Some(held) = inner.reenter(owner, key)? {
+            tracing::debug!(key, fence = held.fence, "lock re-entered by its holding task");
+            return Ok(LockGuard::new(held));
+        }
+
+        let started = Instant::now();
+        let deadline = started
+            .checked_add(options.wait_time())
+            .unwrap_or(started + MAX_DURATION);
+        let lease = options.lease_time().unwrap_or(inner.watchdog_lease);
+        let token = new_token().map_err(|e| LockError::backend(Some(key), e))?;
+        let not_acquired = || {
+            let waited = started.elapsed();
+            tracing::debug!(key, ?waited, "lock not acquired within the wait");
+            LockError::NotAcquired {
+                key: key.to_owned(),
+                waited,
+            }
+        };
+
+        let first = inner.attempt(key, &token, lease).await?;
+        if let (Attempt::Acquired { fence }, sent_at) = first {
+            return Ok(inner.hold(self, owner, key, token, fence, sent_at, started, options));
+        }
+        if Instant::now() >= deadline {
+            return Err(not_acquired());
+        }
+
+        // Subscribe BEFORE retrying, so a release between our retry and our sleep still wakes us.
+        let subscription = inner.backend.subscribe(key).await;
+        loop {
+            let notified = subscription.notify().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match inner.attempt(key, &token, lease).await? {
+                (Attempt::Acquired { fence }, sent_at) => {
+                    return Ok(inner.hold(self, owner, key, token, fence, sent_at, started, options));
+                }
+                (Attempt::Busy { ttl }, _) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(not_acquired());
+                    }
+                    // Also retry when the holder's lease runs out: a crashed holder never publishes.
+                    let wake_at = match ttl {
+                        Some(ttl) => (now + ttl + Duration::from_millis(1)).min(deadline),
+                        None => deadline,
+                    };
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep_until(wake_at) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The watchdog lease of this locker.
+    pub fn watchdog_lease(&self) -> Duration {
+        self.inner.watchdog_lease
+    }
+}
+
+impl AsRef<Locker> for Locker {
+    fn as_ref(&self) -> &Locker {
+        self
+    }
+}
+
+impl fmt::Debug for Locker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match self.inner.backend {
+            Backend::Redis(_) => "redis",
+            Backend::Memory(_) => "memory",
+        };
+        f.debug_struct("Locker")
+            .field("backend", &backend)
+            .field("watchdog_lease", &self.inner.watchdog_lease)
+            .field("renewal_interval", &self.inner.renewal_interval)
+            .finish()
+    }
+}
+
+impl LockerInner {
+    /// One acquisition attempt; returns the outcome and when the request was sent (the lease is
+    /// counted from then, so our idea of the expiry is never later than the server's).
+    ///
+    /// If this future is dropped while the request is in flight, the lock may have been taken on
+    /// the server with our token: a compare-and-delete with the same token is then sent in the
+    /// background, behind the acquire on the same connection, so a cancelled acquire never leaves
+    /// the lock held.
+    async fn attempt(
+        self: &Arc<Self>,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<(Attempt, Instant), LockError> {
+        let sent_at = Instant::now();
+        let mut in_flight = InFlight {
+            inner: Some(self),
+            key,
+            token,
+        };
+        let result = self.backend.try_acquire(key, token, lease).await;
+        in_flight.inner = None;
+        result
+            .map(|attempt| (attempt, sent_at))
+            .map_err(|e| LockError::backend(Some(key), e))
+    }
+
+    fn reenter(&self, owner: Owner, key: &str) -> Result<Option<Arc<HeldLock>>, LockError> {
+        let mut held = lock(&self.held);
+        match held.get_mut(&(owner, key.to_owned())) {
+            Some((lock, _)) if lock.lost.is_cancelled() => Err(LockError::LeaseLost {
+                key: key.to_owned(),
+            }),
+            Some((lock, count)) => {
+                *count += 1;
+                Ok(Some(Arc::clone(lock)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Leaves one hold of `lock`; true when it was the last, so the caller releases in Redis.
+    pub(crate) fn leave(&self, lock: &HeldLock) -> bool {
+        let mut held = lock_map(&self.held);
+        let slot = (lock.owner, lock.key.clone());
+        match held.get_mut(&slot) {
+            Some((_, count)) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                held.remove(&slot);
+                true
+            }
+            None => true,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hold(
+        self: &Arc<Self>,
+        locker: &Locker,
+        owner: Owner,
+        key: &str,
+        token: String,
+        fence: u64,
+        sent_at: Instant,
+        started: Instant,
+        options: LockOptions,
+    ) -> LockGuard {
+        let lost = CancellationToken::new();
+        let keeper = match options.lease_time() {
+            Some(lease) => tokio::spawn(expire_fixed_lease(
+                key.to_owned(),
+                fence,
+                lost.clone(),
+                sent_at + lease,
+            )),
+            None => tokio::spawn(watchdog(
+                Arc::clone(&locker.inner),
+                key.to_owned(),
+                token.clone(),
+                fence,
+                lost.clone(),
+                sent_at,
+            )),
+        };
+        let held = Arc::new(HeldLock {
+            locker: Arc::clone(&locker.inner),
+            key: key.to_owned(),
+            token,
+            fence,
+            owner,
+            acquired_at: Instant::now(),
+            hold_at_least: options.hold_at_least_time(),
+            lost,
+            keeper: Mutex::new(Some(keeper)),
+        });
+        lock(&self.held).insert((owner, key.to_owned()), (Arc::clone(&held), 1));
+        tracing::debug!(
+            key,
+            fence,
+            waited = ?started.elapsed(),
+            lease = ?options.lease_time(),
+            "lock acquired"
+        );
+        LockGuard::new(held)
+    }
+}
+
+fn lock_map<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    lock(m)
+}
+
+/// Armed while an acquire request is in flight; see [`LockerInner::attempt`].
+struct InFlight<'a> {
+    inner: Option<&'a Arc<LockerInner>>,
+    key: &'a str,
+    token: &'a str,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime: the lease's expiry frees a lock we may have taken
+        };
+        let inner = Arc::clone(inner);
+        let key = self.key.to_owned();
+        let token = self.token.to_owned();
+        runtime.spawn(async move {
+            if let Err(error) = inner.backend.release(&key, &token, None).await {
+                tracing::warn!(key, %error, "cleanup of a cancelled acquire failed; the lock expires with its lease");
+            }
+        });
+    }
+}
+
+/// A fixed lease: report the loss when it runs out before the guard is released.
+async fn expire_fixed_lease(key: String, fence: u64, lost: CancellationToken, expires: Instant) {
+    tokio::time::sleep_until(expires).await;
+    HeldLock::mark_lost(&key, fence, &lost, "the fixed lease ran out before release");
+}
+
+/// The watchdog: renew every renewal interval while the guard lives; report the loss when a
+/// renewal finds the lock gone or taken, or when the lease runs out with renewals failing.
+async fn watchdog(
+    inner: Arc<LockerInner>,
+    key: String,
+    token: String,
+    fence: u64,
+    lost: CancellationToken,
+    sent_at: Instant,
+) {
+    let lease = inner.watchdog_lease;
+    let every = inner.renewal_interval;
+    let retry = (every / 4).clamp(RENEW_RETRY_MIN, RENEW_RETRY_MAX);
+    let mut expires = sent_at + lease;
+    let mut next = sent_at + every;
+    loop {
+        tokio::time::sleep_until(next.min(expires)).await;
+        if Instant::now() >= expires {
+            HeldLock::mark_lost(
+                &key,
+                fence,
+                &lost,
+                "the lease ran out while renewals were failing",
+            );
+            return;
+        }
+        let sent = Instant::now();
+        match inner.backend.renew(&key, &token, lease).await {
+            Ok(true) => {
+                tracing::trace!(key, fence, "lock lease renewed");
+                expires = sent + lease;
+                next = sent + every;
+            }
+            Ok(false) => {
+                HeldLock::mark_lost(
+                    &key,
+                    fence,
+                    &lost,
+                    "a renewal found the lock expired or owned by another holder",
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(key, fence, %error, "lock renewal failed; retrying");
+                next = Instant::now() + retry;
+            }
+        }
+    }
+}
+
+fn validate_key(key: &str) -> Result<(), LockError> {
+    let reason = if key.is_empty() {
+        "the key is empty; name the resource the lock protects, e.g. \"book:{isbn}\""
+    } else if key.len() > MAX_KEY_LEN {
+        "the key is longer than 1024 bytes; lock on an id or a hash of the resource instead"
+    } else {
+        return Ok(());
+    };
+    Err(LockError::InvalidKey {
+        key: key.chars().take(64).collect(),
+        reason,
+    })
+}
+
+/// A fresh 128-bit owner token from the OS CSPRNG, as 32 hex digits.
+fn new_token() -> Result<String, BackendError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(BackendError::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+enum Target {
+    Redis(String),
+    Memory,
+}
+
+/// Settings for a [`Locker`]; made by [`Locker::builder`] or [`Locker::in_memory_builder`].
+pub struct LockerBuilder {
+    target: Target,
+    key_prefix: String,
+    watchdog_lease: Duration,
+    renewal_interval: Option<Duration>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl LockerBuilder {
+    fn new(target: Target) -> Self {
+        LockerBuilder {
+            target,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            watchdog_lease: DEFAULT_WATCHDOG_LEASE,
+            renewal_interval: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        }
+    }
+
+    /// The prefix of every Redis name this locker uses (default [`DEFAULT_KEY_PREFIX`]).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The lease the watchdog keeps renewing for locks taken without a fixed lease (default
+    /// [`DEFAULT_WATCHDOG_LEASE`]): how long a crashed holder keeps the lock.
+    pub fn watchdog_lease(mut self, lease: Duration) -> Self {
+        self.watchdog_lease = lease;
+        self
+    }
+
+    /// How often the watchdog renews (default: a third of the watchdog lease).
+    pub fn renewal_interval(mut self, interval: Duration) -> Self {
+        self.renewal_interval = Some(interval);
+        self
+    }
+
+    /// How long connecting may take (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one command may wait for its answer (default [`DEFAULT_RESPONSE_TIMEOUT`]).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and connects (for Redis: the command connection now, the wake-up
+    /// subscriber connection at the first contended acquire).
+    pub async fn build(self) -> Result<Locker, LockError> {
+        let invalid = |reason: String| LockError::InvalidOptions { key: None, reason };
+        check_lease("watchdog_lease", self.watchdog_lease).map_err(invalid)?;
+        let renewal_interval = self.renewal_interval.unwrap_or(self.watchdog_lease / 3);
+        if renewal_interval.is_zero() || renewal_interval >= self.watchdog_lease {
+            return Err(invalid(format!(
+                "renewal_interval {renewal_interval:?} must be above zero and below the watchdog \
+                 lease {:?} (default: a third of it)",
+                self.watchdog_lease
+            )));
+        }
+        for (what, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("response_timeout", self.response_timeout),
+        ] {
+            if d.is_zero() || d > MAX_DURATION {
+                return Err(invalid(format!(
+                    "{what} {d:?} must be above zero and at most a year"
+                )));
+            }
+        }
+        let backend = match self.target {
+            Target::Memory => Backend::Memory(MemoryBackend::default()),
+            Target::Redis(url) => {
+                let client = open_client(&url)?;
+                let settings = RedisSettings {
+                    prefix: self.key_prefix,
+                    connect_timeout: self.connect_timeout,
+                    response_timeout: self.response_timeout,
+                };
+                Backend::Redis(
+                    RedisBackend::connect(client, settings)
+                        .await
+                        .map_err(|e| LockError::backend(None, e))?,
+                )
+            }
+        };
+        Ok(Locker::from_backend(
+            backend,
+            self.watchdog_lease,
+            renewal_interval,
+        ))
+    }
+}
+
+fn open_client(url: &str) -> Result<redis::Client, LockError> {
+    #[cfg(feature = "tls")]
+    if url.starts_with("rediss://") {
+        // rustls needs one process-wide crypto provider; ours is ring. Keep one the
+        // application installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    // The URL may carry a password: never echo it back.
+    redis::Client::open(url).map_err(|e| LockError::InvalidOptions {
+        key: None,
+        reason: format!(
+            "the Redis URL is not valid ({}); expected redis://[user:password@]host[:port][/db], \
+             rediss://... for TLS, or redis+unix:///path",
+            e
+        ),
+    })
+}
+
+static DEFAULT_LOCKER: RwLock<Option<Locker>> = RwLock::new(None);
+
+/// Sets the process-wide default locker that `#[distributed_lock]` uses when it is given no
+/// `locker = ...`. Returns the one it replaces, if any.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), distributed_lock_runtime::LockError> {
+/// use distributed_lock_runtime::{install, Locker};
+/// install(Locker::connect("redis://127.0.0.1:6379").await?);
+/// # Ok(()) }
+/// ```
+pub fn install(locker: Locker) -> Option<Locker> {
+    DEFAULT_LOCKER
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .replace(locker)
+}
+
+/// The locker set by [`install`], or [`LockError::NoDefaultLocker`] saying how to set one.
+pub fn default_locker() -> Result<Locker, LockError> {
+    DEFAULT_LOCKER
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .ok_or(LockError::NoDefaultLocker)
+}

@@ -1,0 +1,132 @@
+//! `LockOptions`: how long to wait, how long to hold, how long to hold at least.
+
+use std::time::Duration;
+
+use crate::error::LockError;
+
+/// How long `acquire` waits for a busy lock when no wait is given (Redisson's `waitTime` idiom).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+/// The shortest lease accepted: Redis expiries are in milliseconds.
+pub const MIN_LEASE: Duration = Duration::from_millis(1);
+/// The longest lease (and wait) accepted: anything longer is a unit mistake.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// How to take one lock: wait, lease (or the watchdog), hold at least.
+///
+/// ```
+/// use std::time::Duration;
+/// use distributed_lock_runtime::LockOptions;
+///
+/// // Wait up to 10 s, hold for 5 s at most (no watchdog).
+/// let flush = LockOptions::new().wait(Duration::from_secs(10)).lease(Duration::from_secs(5));
+/// // Try once; keep others out for at least 50 s even if the job ends sooner (ShedLock's lockAtLeastFor).
+/// let tick = LockOptions::new()
+///     .wait(Duration::ZERO)
+///     .lease(Duration::from_secs(300))
+///     .hold_at_least(Duration::from_secs(50));
+/// assert_eq!(tick.wait_time(), Duration::ZERO);
+/// assert_eq!(flush.lease_time(), Some(Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockOptions {
+    wait: Duration,
+    lease: Option<Duration>,
+    hold_at_least: Option<Duration>,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LockOptions {
+    /// Wait up to [`DEFAULT_WAIT`], no fixed lease (the watchdog renews while the guard lives),
+    /// no minimum hold.
+    pub const fn new() -> Self {
+        LockOptions {
+            wait: DEFAULT_WAIT,
+            lease: None,
+            hold_at_least: None,
+        }
+    }
+
+    /// How long to wait for a busy lock. `Duration::ZERO` tries exactly once.
+    pub const fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// A fixed lease: the lock expires this long after it was taken, whatever the holder does.
+    /// Without it, the locker's watchdog keeps renewing the lock while the guard lives.
+    pub const fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Keep the lock at least this long after acquiring it: a release before then shortens the
+    /// expiry to what remains instead of deleting (ShedLock's `lockAtLeastFor`), so a replica whose
+    /// clock is late cannot run the same scheduled job again.
+    pub const fn hold_at_least(mut self, hold: Duration) -> Self {
+        self.hold_at_least = Some(hold);
+        self
+    }
+
+    /// The wait bound.
+    pub const fn wait_time(&self) -> Duration {
+        self.wait
+    }
+
+    /// The fixed lease, or `None` for the watchdog.
+    pub const fn lease_time(&self) -> Option<Duration> {
+        self.lease
+    }
+
+    /// The minimum hold, if any.
+    pub const fn hold_at_least_time(&self) -> Option<Duration> {
+        self.hold_at_least
+    }
+
+    pub(crate) fn validate(&self, key: &str) -> Result<(), LockError> {
+        let invalid = |reason: String| LockError::InvalidOptions {
+            key: Some(key.to_owned()),
+            reason,
+        };
+        if self.wait > MAX_DURATION {
+            return Err(invalid(format!(
+                "wait {:?} is longer than a year; use a shorter wait",
+                self.wait
+            )));
+        }
+        if let Some(lease) = self.lease {
+            check_lease("lease", lease).map_err(invalid)?;
+        }
+        if let Some(hold) = self.hold_at_least {
+            check_lease("hold_at_least", hold).map_err(invalid)?;
+            if let Some(lease) = self.lease
+                && hold > lease
+            {
+                return Err(invalid(format!(
+                    "hold_at_least {hold:?} is longer than the lease {lease:?}; the lock cannot be \
+                     held longer than its lease: shorten hold_at_least or lengthen the lease"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a lease-like duration is within [`MIN_LEASE`, `MAX_DURATION`].
+pub(crate) fn check_lease(what: &str, d: Duration) -> Result<(), String> {
+    if d < MIN_LEASE {
+        Err(format!(
+            "{what} {d:?} is shorter than 1 ms, the resolution of a Redis expiry; use at least 1 ms"
+        ))
+    } else if d > MAX_DURATION {
+        Err(format!(
+            "{what} {d:?} is longer than a year; use a shorter {what}"
+        ))
+    } else {
+        Ok(())
+    }
+}
