@@ -254,9 +254,9 @@ impl LockerInner {
     fn reenter(&self, owner: Owner, key: &str) -> Result<Option<Arc<HeldLock>>, LockError> {
         let mut held = lock(&self.held);
         match held.get_mut(&(owner, key.to_owned())) {
-            Some((lock, _)) if lock.lost.is_cancelled() => Err(LockError::LeaseLost {
-                key: key.to_owned(),
-            }),
+            // A lost lease is not held any more: take the lock afresh. The stale guard still
+            // reports the loss at its own release.
+            Some((lock, _)) if lock.lost.is_cancelled() => Ok(None),
             Some((lock, count)) => {
                 *count += 1;
                 Ok(Some(Arc::clone(lock)))
@@ -270,15 +270,16 @@ impl LockerInner {
         let mut held = lock_map(&self.held);
         let slot = (lock.owner, lock.key.clone());
         match held.get_mut(&slot) {
-            Some((_, count)) if *count > 1 => {
-                *count -= 1;
-                false
-            }
-            Some(_) => {
+            Some((entry, count)) if std::ptr::eq(Arc::as_ptr(entry), lock) => {
+                if *count > 1 {
+                    *count -= 1;
+                    return false;
+                }
                 held.remove(&slot);
                 true
             }
-            None => true,
+            // Replaced by a fresh acquisition after this one was lost: release our own token.
+            _ => true,
         }
     }
 
