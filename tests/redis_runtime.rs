@@ -10,7 +10,11 @@ use tokio::time::Instant;
 
 async fn stat(server: &RedisServer, command: &str) -> u64 {
     let mut conn = server.client().await;
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let prefix = format!("cmdstat_{command}:");
     info.lines()
         .find(|l| l.starts_with(&prefix))
@@ -24,47 +28,88 @@ async fn uncontended_acquire_and_release_are_one_script_call_each() {
     let server = RedisServer::start();
     let locker = Locker::connect(&server.url()).await.unwrap();
     let before = stat(&server, "evalsha").await;
-    let guard = locker.acquire("rt", LockOptions::new().lease(Duration::from_secs(5))).await.unwrap();
+    let guard = locker
+        .acquire("rt", LockOptions::new().lease(Duration::from_secs(5)))
+        .await
+        .unwrap();
     assert_eq!(stat(&server, "evalsha").await - before, 1, "acquire");
     guard.release().await.unwrap();
     assert_eq!(stat(&server, "evalsha").await - before, 2, "release");
-    assert_eq!(stat(&server, "eval").await, 0, "scripts are preloaded: no EVAL fallback");
+    assert_eq!(
+        stat(&server, "eval").await,
+        0,
+        "scripts are preloaded: no EVAL fallback"
+    );
 }
 
 #[tokio::test]
 async fn the_watchdog_renews_once_per_interval() {
     let server = RedisServer::start();
     let lease = Duration::from_millis(600);
-    let locker = Locker::builder(server.url()).watchdog_lease(lease).build().await.unwrap();
+    let locker = Locker::builder(server.url())
+        .watchdog_lease(lease)
+        .build()
+        .await
+        .unwrap();
     let guard = locker.acquire("wd", LockOptions::new()).await.unwrap();
     let before = stat(&server, "evalsha").await;
     // 3.5 intervals of 200 ms: 3 renewals; allow one either way for scheduling on a busy machine.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let renewals = stat(&server, "evalsha").await - before;
-    assert!((2..=4).contains(&renewals), "{renewals} renewals in 3.5 intervals");
+    assert!(
+        (2..=4).contains(&renewals),
+        "{renewals} renewals in 3.5 intervals"
+    );
     guard.release().await.unwrap();
 }
 
 #[tokio::test]
 async fn the_data_model_is_token_with_expiry_and_a_fence_counter_in_one_slot() {
     let server = RedisServer::start();
-    let locker = Locker::builder(server.url()).key_prefix("app:").build().await.unwrap();
-    let guard = locker.acquire("book:42", LockOptions::new().lease(Duration::from_secs(5))).await.unwrap();
+    let locker = Locker::builder(server.url())
+        .key_prefix("app:")
+        .build()
+        .await
+        .unwrap();
+    let guard = locker
+        .acquire("book:42", LockOptions::new().lease(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let mut conn = server.client().await;
-    let token: String = redis::cmd("GET").arg("app:{book:42}").query_async(&mut conn).await.unwrap();
+    let token: String = redis::cmd("GET")
+        .arg("app:{book:42}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(token.len(), 32, "128-bit token as hex: {token}");
     assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
-    let pttl: i64 = redis::cmd("PTTL").arg("app:{book:42}").query_async(&mut conn).await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("app:{book:42}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(pttl > 4000 && pttl <= 5000, "{pttl}");
-    let fence: u64 = redis::cmd("GET").arg("app:{book:42}:fence").query_async(&mut conn).await.unwrap();
+    let fence: u64 = redis::cmd("GET")
+        .arg("app:{book:42}:fence")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(fence, guard.fencing_token());
     guard.release().await.unwrap();
-    let exists: u64 = redis::cmd("EXISTS").arg("app:{book:42}").query_async(&mut conn).await.unwrap();
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg("app:{book:42}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(exists, 0);
 
     // A second acquisition gets a different token.
     let again = locker.acquire("book:42", LockOptions::new()).await.unwrap();
-    let token2: String = redis::cmd("GET").arg("app:{book:42}").query_async(&mut conn).await.unwrap();
+    let token2: String = redis::cmd("GET")
+        .arg("app:{book:42}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_ne!(token, token2);
     again.release().await.unwrap();
 }
@@ -73,28 +118,41 @@ async fn the_data_model_is_token_with_expiry_and_a_fence_counter_in_one_slot() {
 async fn a_release_with_another_token_changes_nothing() {
     let server = RedisServer::start();
     let locker = Locker::connect(&server.url()).await.unwrap();
-    let guard = locker.acquire("owned", LockOptions::new().lease(Duration::from_secs(5))).await.unwrap();
+    let guard = locker
+        .acquire("owned", LockOptions::new().lease(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let mut conn = server.client().await;
     // The release script, run as a non-owner would run it.
-    let released: i64 = redis::Script::new(include_str!("../lock-runtime/src/backend/redis/release.lua"))
-        .key("lock:{owned}")
-        .arg("00000000000000000000000000000000")
-        .arg(0)
-        .arg("lock:{owned}:released")
-        .invoke_async(&mut conn)
-        .await
-        .unwrap();
+    let released: i64 = redis::Script::new(include_str!(
+        "../lock-runtime/src/backend/redis/release.lua"
+    ))
+    .key("lock:{owned}")
+    .arg("00000000000000000000000000000000")
+    .arg(0)
+    .arg("lock:{owned}:released")
+    .invoke_async(&mut conn)
+    .await
+    .unwrap();
     assert_eq!(released, 0);
-    let renewed: i64 = redis::Script::new(include_str!("../lock-runtime/src/backend/redis/renew.lua"))
-        .key("lock:{owned}")
-        .arg("00000000000000000000000000000000")
-        .arg(999_999)
-        .invoke_async(&mut conn)
+    let renewed: i64 =
+        redis::Script::new(include_str!("../lock-runtime/src/backend/redis/renew.lua"))
+            .key("lock:{owned}")
+            .arg("00000000000000000000000000000000")
+            .arg(999_999)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(renewed, 0);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("lock:{owned}")
+        .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(renewed, 0);
-    let pttl: i64 = redis::cmd("PTTL").arg("lock:{owned}").query_async(&mut conn).await.unwrap();
-    assert!(pttl > 0 && pttl <= 5000, "a non-owner changed the lock: PTTL {pttl}");
+    assert!(
+        pttl > 0 && pttl <= 5000,
+        "a non-owner changed the lock: PTTL {pttl}"
+    );
     guard.release().await.unwrap();
 }
 
@@ -116,13 +174,23 @@ async fn a_killed_server_is_reported_as_lost_and_a_restarted_one_serves_again() 
         .await
         .expect("lost() did not resolve after the server died");
     // The loss is reported once the lease may have run out, not later than lease + a retry.
-    assert!(killed.elapsed() <= lease + Duration::from_millis(500), "{:?}", killed.elapsed());
-    assert!(matches!(guard.release().await, Err(LockError::LeaseLost { .. }) | Err(LockError::Backend { .. })));
+    assert!(
+        killed.elapsed() <= lease + Duration::from_millis(500),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert!(matches!(
+        guard.release().await,
+        Err(LockError::LeaseLost { .. }) | Err(LockError::Backend { .. })
+    ));
 
     server.restart();
     let restarted = Instant::now();
     loop {
-        match locker.acquire("outage", LockOptions::new().wait(Duration::ZERO)).await {
+        match locker
+            .acquire("outage", LockOptions::new().wait(Duration::ZERO))
+            .await
+        {
             Ok(guard) => {
                 guard.release().await.unwrap();
                 break;
@@ -148,11 +216,20 @@ async fn a_restart_that_lost_the_lock_is_seen_at_the_next_renewal() {
     let guard = locker.acquire("restart", LockOptions::new()).await.unwrap();
     server.restart();
     let back = Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), guard.lost()).await.expect("loss not seen");
+    tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .expect("loss not seen");
     // Within one renewal interval of the server coming back (plus reconnect and scheduling slack).
-    assert!(back.elapsed() < Duration::from_secs(1), "{:?}", back.elapsed());
+    assert!(
+        back.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        back.elapsed()
+    );
     // Fencing survives the lost counter: the next number is still larger.
-    let next = locker.acquire("restart", LockOptions::new().wait(Duration::from_secs(2))).await.unwrap();
+    let next = locker
+        .acquire("restart", LockOptions::new().wait(Duration::from_secs(2)))
+        .await
+        .unwrap();
     assert!(next.fencing_token() > guard.fencing_token());
     next.release().await.unwrap();
 }
@@ -163,15 +240,26 @@ async fn acl_user_password_and_db_number_are_honoured() {
     let url = format!("redis://:s3cret@127.0.0.1:{}/3", server.port());
     let locker = Locker::connect(&url).await.expect("password and db");
     let guard = locker.acquire("db3", LockOptions::new()).await.unwrap();
-    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let exists: u64 = redis::cmd("EXISTS").arg("lock:{db3}").query_async(&mut conn).await.unwrap();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg("lock:{db3}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(exists, 1, "the lock is not in db 3");
     guard.release().await.unwrap();
 
     let wrong = format!("redis://:nope@127.0.0.1:{}/", server.port());
     let err = Locker::connect(&wrong).await.unwrap_err();
     assert!(matches!(err, LockError::Backend { .. }), "{err}");
-    assert!(!err.to_string().contains("nope"), "the password leaked into the message: {err}");
+    assert!(
+        !err.to_string().contains("nope"),
+        "the password leaked into the message: {err}"
+    );
 
     let named = format!("redis://default:s3cret@127.0.0.1:{}/", server.port());
     Locker::connect(&named).await.expect("ACL user default");
@@ -179,9 +267,17 @@ async fn acl_user_password_and_db_number_are_honoured() {
 
 #[tokio::test]
 async fn a_malformed_url_is_a_clear_error() {
-    for url in ["", "http://x", "redis://:pw@host:notaport", "redis://host/notadb"] {
+    for url in [
+        "",
+        "http://x",
+        "redis://:pw@host:notaport",
+        "redis://host/notadb",
+    ] {
         let err = Locker::connect(url).await.unwrap_err();
-        assert!(matches!(err, LockError::InvalidOptions { .. }), "{url}: {err}");
+        assert!(
+            matches!(err, LockError::InvalidOptions { .. }),
+            "{url}: {err}"
+        );
         assert!(err.to_string().contains("redis://"), "{err}");
         assert!(!err.to_string().contains("pw@"), "{err}");
     }
@@ -189,7 +285,11 @@ async fn a_malformed_url_is_a_clear_error() {
 
 #[tokio::test]
 async fn an_unreachable_server_fails_within_the_connect_timeout() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let started = Instant::now();
     let err = Locker::builder(format!("redis://127.0.0.1:{port}/"))
         .connect_timeout(Duration::from_millis(500))
@@ -198,7 +298,11 @@ async fn an_unreachable_server_fails_within_the_connect_timeout() {
         .unwrap_err();
     assert!(matches!(err, LockError::Backend { .. }), "{err}");
     // Bound: connect timeout + response timeout of the guard around the whole connect.
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,25 +317,45 @@ async fn an_acquire_against_a_down_server_returns_within_timeout_plus_wait() {
     server.kill();
     let wait = Duration::from_millis(500);
     let started = Instant::now();
-    let err = locker.acquire("down", LockOptions::new().wait(wait)).await.unwrap_err();
-    assert!(matches!(err, LockError::Backend { key: Some(ref k), .. } if k == "down"), "{err}");
+    let err = locker
+        .acquire("down", LockOptions::new().wait(wait))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LockError::Backend { key: Some(ref k), .. } if k == "down"),
+        "{err}"
+    );
     assert!(err.to_string().contains("down"), "{err}");
     // connect timeout + response timeout + wait, with slack for a loaded machine.
-    assert!(started.elapsed() < Duration::from_millis(300 + 300 + 500 + 1000), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(300 + 300 + 500 + 1000),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
 fn a_dropped_guard_is_released_on_a_current_thread_runtime() {
     let server = RedisServer::start();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let locker = Locker::connect(&server.url()).await.unwrap();
         let guard = locker.acquire("ct", LockOptions::new()).await.unwrap();
         drop(guard);
         let started = Instant::now();
         let other = Locker::connect(&server.url()).await.unwrap();
-        let again = other.acquire("ct", LockOptions::new().wait(Duration::from_secs(5))).await.unwrap();
-        assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+        let again = other
+            .acquire("ct", LockOptions::new().wait(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
         again.release().await.unwrap();
     });
 }
@@ -242,14 +366,25 @@ async fn waiters_share_one_subscriber_connection() {
     let locker = Locker::connect(&server.url()).await.unwrap();
     let mut guards = Vec::new();
     for i in 0..20 {
-        guards.push(locker.acquire(format!("k{i}"), LockOptions::new()).await.unwrap());
+        guards.push(
+            locker
+                .acquire(format!("k{i}"), LockOptions::new())
+                .await
+                .unwrap(),
+        );
     }
     let mut waiters = Vec::new();
     for i in 0..20 {
         for _ in 0..5 {
             let locker = locker.clone();
             waiters.push(tokio::spawn(async move {
-                let g = locker.acquire(format!("k{i}"), LockOptions::new().wait(Duration::from_secs(10))).await.unwrap();
+                let g = locker
+                    .acquire(
+                        format!("k{i}"),
+                        LockOptions::new().wait(Duration::from_secs(10)),
+                    )
+                    .await
+                    .unwrap();
                 g.release().await.unwrap();
             }));
         }
@@ -257,14 +392,26 @@ async fn waiters_share_one_subscriber_connection() {
     let mut conn = server.client().await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let channels: Vec<String> = redis::cmd("PUBSUB").arg("CHANNELS").query_async(&mut conn).await.unwrap();
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         if channels.len() == 20 {
             break;
         }
-        assert!(Instant::now() < deadline, "{} channels subscribed", channels.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} channels subscribed",
+            channels.len()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     // The locker's command connection, its one subscriber, and this inspecting connection.
     assert_eq!(clients.lines().count(), 3, "{clients}");
     for g in guards {
@@ -276,7 +423,11 @@ async fn waiters_share_one_subscriber_connection() {
     // Unsubscribed once nobody waits.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let channels: Vec<String> = redis::cmd("PUBSUB").arg("CHANNELS").query_async(&mut conn).await.unwrap();
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         if channels.is_empty() {
             break;
         }

@@ -61,8 +61,11 @@ pub(crate) struct LockerInner {
     /// hands its release to it.
     pub(crate) runtime: Option<tokio::runtime::Handle>,
     /// Locks held through this locker, per owning task: the re-entrancy table.
-    held: Mutex<HashMap<(Owner, String), (Arc<HeldLock>, usize)>>,
+    held: Mutex<HeldTable>,
 }
+
+/// (owning task, key) -> (the acquisition, how many guards of that task hold it).
+type HeldTable = HashMap<(Owner, String), (Arc<HeldLock>, usize)>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -108,7 +111,11 @@ impl Locker {
         LockerBuilder::new(Target::Memory)
     }
 
-    fn from_backend(backend: Backend, watchdog_lease: Duration, renewal_interval: Duration) -> Self {
+    fn from_backend(
+        backend: Backend,
+        watchdog_lease: Duration,
+        renewal_interval: Duration,
+    ) -> Self {
         Locker {
             inner: Arc::new(LockerInner {
                 backend,
@@ -142,7 +149,11 @@ impl Locker {
         let inner = &self.inner;
         let owner = Owner::current();
         if let Some(held) = inner.reenter(owner, key)? {
-            tracing::debug!(key, fence = held.fence, "lock re-entered by its holding task");
+            tracing::debug!(
+                key,
+                fence = held.fence,
+                "lock re-entered by its holding task"
+            );
             return Ok(LockGuard::new(held));
         }
 
@@ -177,7 +188,9 @@ impl Locker {
             notified.as_mut().enable();
             match inner.attempt(key, &token, lease).await? {
                 (Attempt::Acquired { fence }, sent_at) => {
-                    return Ok(inner.hold(self, owner, key, token, fence, sent_at, started, options));
+                    return Ok(
+                        inner.hold(self, owner, key, token, fence, sent_at, started, options)
+                    );
                 }
                 (Attempt::Busy { ttl }, _) => {
                     let now = Instant::now();
@@ -266,11 +279,11 @@ impl LockerInner {
     }
 
     /// Leaves one hold of `lock`; true when it was the last, so the caller releases in Redis.
-    pub(crate) fn leave(&self, lock: &HeldLock) -> bool {
-        let mut held = lock_map(&self.held);
-        let slot = (lock.owner, lock.key.clone());
+    pub(crate) fn leave(&self, acquisition: &HeldLock) -> bool {
+        let mut held = lock(&self.held);
+        let slot = (acquisition.owner, acquisition.key.clone());
         match held.get_mut(&slot) {
-            Some((entry, count)) if std::ptr::eq(Arc::as_ptr(entry), lock) => {
+            Some((entry, count)) if std::ptr::eq(Arc::as_ptr(entry), acquisition) => {
                 if *count > 1 {
                     *count -= 1;
                     return false;
@@ -333,10 +346,6 @@ impl LockerInner {
         );
         LockGuard::new(held)
     }
-}
-
-fn lock_map<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    lock(m)
 }
 
 /// Armed while an acquire request is in flight; see [`LockerInner::attempt`].

@@ -52,7 +52,9 @@ impl Fixture {
     }
 
     pub fn server(&self) -> &RedisServer {
-        self.server.as_ref().expect("a Redis-only check ran on the memory backend")
+        self.server
+            .as_ref()
+            .expect("a Redis-only check ran on the memory backend")
     }
 
     /// A counter read and written in two separate steps, so concurrent writers lose updates.
@@ -75,7 +77,11 @@ impl Counter {
         match self {
             Counter::Redis(conn, key) => {
                 let mut conn = conn.clone();
-                let v: Option<i64> = redis::cmd("GET").arg(key).query_async(&mut conn).await.expect("GET");
+                let v: Option<i64> = redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("GET");
                 v.unwrap_or(0)
             }
             Counter::Memory(n) => n.load(Ordering::SeqCst),
@@ -86,7 +92,12 @@ impl Counter {
         match self {
             Counter::Redis(conn, key) => {
                 let mut conn = conn.clone();
-                let () = redis::cmd("SET").arg(key).arg(value).query_async(&mut conn).await.expect("SET");
+                let () = redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("SET");
             }
             Counter::Memory(n) => n.store(value, Ordering::SeqCst),
         }

@@ -58,7 +58,9 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = cmd.spawn().map_err(|e| format!("spawning {binary:?}: {e}"))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning {binary:?}: {e}"))?;
         self.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < START_TIMEOUT {
@@ -75,7 +77,9 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.kill();
-        Err(format!("redis-server did not answer PING within {START_TIMEOUT:?}"))
+        Err(format!(
+            "redis-server did not answer PING within {START_TIMEOUT:?}"
+        ))
     }
 
     fn answers_ping(&self) -> bool {

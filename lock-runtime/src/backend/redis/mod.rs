@@ -60,9 +60,12 @@ impl RedisBackend {
             }
             Ok::<_, redis::RedisError>(conn)
         };
-        let conn = tokio::time::timeout(settings.connect_timeout + settings.response_timeout, connect)
-            .await
-            .map_err(|_| BackendError::Timeout(settings.connect_timeout, "connecting"))??;
+        let conn = tokio::time::timeout(
+            settings.connect_timeout + settings.response_timeout,
+            connect,
+        )
+        .await
+        .map_err(|_| BackendError::Timeout(settings.connect_timeout, "connecting"))??;
         let waiters = Waiters::start(client, settings.connect_timeout, settings.response_timeout);
         Ok(RedisBackend {
             conn,
@@ -164,6 +167,10 @@ impl RedisBackend {
 /// Milliseconds for PX/PEXPIRE, rounded up so a sub-millisecond remainder never becomes 0.
 fn millis(d: Duration) -> u64 {
     let ms = d.as_millis();
-    let ms = if d > Duration::from_millis(ms as u64) { ms + 1 } else { ms };
+    let ms = if d > Duration::from_millis(ms as u64) {
+        ms + 1
+    } else {
+        ms
+    };
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
