@@ -435,3 +435,74 @@ async fn waiters_share_one_subscriber_connection() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test]
+async fn a_rediss_url_connects_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is needed to make the test certificate (apt-get install -y openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let server = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    // The certificate is verified: trusted as the root given to the builder.
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let locker = Locker::builder(&url)
+        .tls_root_certificate(std::fs::read(&cert).unwrap())
+        .build()
+        .await
+        .expect("TLS connection");
+    let guard = locker.acquire("tls", LockOptions::new()).await.unwrap();
+    let mut conn = server.client().await;
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg("lock:{tls}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 1);
+    guard.release().await.unwrap();
+
+    // Without the root, the OS trust store does not know the certificate: refused, not ignored.
+    let err = Locker::connect(&url).await.unwrap_err();
+    assert!(matches!(err, LockError::Backend { .. }), "{err}");
+}

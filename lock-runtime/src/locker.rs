@@ -464,6 +464,8 @@ pub struct LockerBuilder {
     renewal_interval: Option<Duration>,
     connect_timeout: Duration,
     response_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls_root_certificate: Option<Vec<u8>>,
 }
 
 impl LockerBuilder {
@@ -475,7 +477,17 @@ impl LockerBuilder {
             renewal_interval: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            #[cfg(feature = "tls")]
+            tls_root_certificate: None,
         }
+    }
+
+    /// For `rediss://` URLs: trust this CA certificate (PEM) instead of the OS trust store, e.g.
+    /// for a server whose certificate comes from a private CA.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_certificate = Some(pem.into());
+        self
     }
 
     /// The prefix of every Redis name this locker uses (default [`DEFAULT_KEY_PREFIX`]).
@@ -535,6 +547,9 @@ impl LockerBuilder {
         let backend = match self.target {
             Target::Memory => Backend::Memory(MemoryBackend::default()),
             Target::Redis(url) => {
+                #[cfg(feature = "tls")]
+                let client = open_client(&url, self.tls_root_certificate)?;
+                #[cfg(not(feature = "tls"))]
                 let client = open_client(&url)?;
                 let settings = RedisSettings {
                     prefix: self.key_prefix,
@@ -556,22 +571,41 @@ impl LockerBuilder {
     }
 }
 
-fn open_client(url: &str) -> Result<redis::Client, LockError> {
-    #[cfg(feature = "tls")]
+#[cfg(feature = "tls")]
+fn open_client(url: &str, root_certificate: Option<Vec<u8>>) -> Result<redis::Client, LockError> {
     if url.starts_with("rediss://") {
         // rustls needs one process-wide crypto provider; ours is ring. Keep one the
         // application installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    // The URL may carry a password: never echo it back.
-    redis::Client::open(url).map_err(|e| LockError::InvalidOptions {
+    let opened = match root_certificate {
+        Some(root_cert) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        ),
+        None => redis::Client::open(url),
+    };
+    opened.map_err(invalid_url)
+}
+
+#[cfg(not(feature = "tls"))]
+fn open_client(url: &str) -> Result<redis::Client, LockError> {
+    redis::Client::open(url).map_err(invalid_url)
+}
+
+/// The URL may carry a password: the message never echoes it back.
+fn invalid_url(e: redis::RedisError) -> LockError {
+    LockError::InvalidOptions {
         key: None,
         reason: format!(
             "the Redis URL is not valid ({}); expected redis://[user:password@]host[:port][/db], \
              rediss://... for TLS, or redis+unix:///path",
             e
         ),
-    })
+    }
 }
 
 static DEFAULT_LOCKER: RwLock<Option<Locker>> = RwLock::new(None);
