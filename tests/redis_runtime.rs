@@ -506,3 +506,69 @@ async fn a_rediss_url_connects_over_tls() {
     let err = Locker::connect(&url).await.unwrap_err();
     assert!(matches!(err, LockError::Backend { .. }), "{err}");
 }
+
+/// Collects formatted tracing output in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn acquire_renew_release_and_loss_are_traced() {
+    let server = RedisServer::start();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // A current-thread runtime keeps every task (the watchdog too) under this thread's subscriber.
+    tracing::subscriber::with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let lease = Duration::from_millis(300);
+            let locker = Locker::builder(server.url())
+                .watchdog_lease(lease)
+                .build()
+                .await
+                .unwrap();
+            let guard = locker.acquire("traced", LockOptions::new()).await.unwrap();
+            tokio::time::sleep(lease / 2).await; // one renewal
+            guard.release().await.unwrap();
+            let short = locker
+                .acquire(
+                    "traced",
+                    LockOptions::new().lease(Duration::from_millis(20)),
+                )
+                .await
+                .unwrap();
+            short.lost().await;
+            let _ = short.release().await;
+        });
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    for (level, message) in [
+        ("DEBUG", "lock acquired"),
+        ("TRACE", "lock lease renewed"),
+        ("DEBUG", "lock released"),
+        ("WARN", "lock lease lost"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(level) && l.contains(message) && l.contains("traced")),
+            "no {level} {message:?} naming the key in:\n{text}"
+        );
+    }
+}
