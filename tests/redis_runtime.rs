@@ -572,3 +572,58 @@ fn acquire_renew_release_and_loss_are_traced() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_is_a_timeout_and_leaves_no_lock_behind() {
+    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let locker = Locker::builder(server.url())
+        .response_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let mut stall = server.client().await;
+    let mut probe = server.client().await; // connected before the stall
+    let stalled = tokio::spawn(async move {
+        // The test client gives up waiting before the server wakes; only the stall matters.
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.8")
+            .query_async(&mut stall)
+            .await;
+    });
+    // Let the DEBUG SLEEP reach the server before our acquire does.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let err = locker
+        .acquire("stalled", LockOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no answer from the server"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("stalled"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    stalled.await.unwrap();
+    // The acquire ran after the stall; the cleanup queued behind it deleted it again.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg("lock:{stalled}")
+            .query_async(&mut probe)
+            .await
+            .unwrap();
+        if exists == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the timed-out acquire left its lock behind"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -241,10 +241,10 @@ impl LockerInner {
     /// One acquisition attempt; returns the outcome and when the request was sent (the lease is
     /// counted from then, so our idea of the expiry is never later than the server's).
     ///
-    /// If this future is dropped while the request is in flight, the lock may have been taken on
-    /// the server with our token: a compare-and-delete with the same token is then sent in the
-    /// background, behind the acquire on the same connection, so a cancelled acquire never leaves
-    /// the lock held.
+    /// If this future is dropped while the request is in flight, or the request fails without an
+    /// answer, the lock may have been taken on the server with our token: a compare-and-delete
+    /// with the same token is then sent in the background, behind the acquire on the same
+    /// connection, so a cancelled or failed acquire never leaves the lock held.
     async fn attempt(
         self: &Arc<Self>,
         key: &str,
@@ -257,11 +257,15 @@ impl LockerInner {
             key,
             token,
         };
-        let result = self.backend.try_acquire(key, token, lease).await;
+        // An error (a timeout above all) does not say the script did not run: keep the cleanup
+        // armed for it too. Only an answer disarms it.
+        let attempt = self
+            .backend
+            .try_acquire(key, token, lease)
+            .await
+            .map_err(|e| LockError::backend(Some(key), e))?;
         in_flight.inner = None;
-        result
-            .map(|attempt| (attempt, sent_at))
-            .map_err(|e| LockError::backend(Some(key), e))
+        Ok((attempt, sent_at))
     }
 
     fn reenter(&self, owner: Owner, key: &str) -> Result<Option<Arc<HeldLock>>, LockError> {

@@ -87,6 +87,7 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.response_timeout, invocation.invoke_async(&mut conn)).await
         {
+            Ok(Err(e)) if e.is_timeout() => Err(BackendError::Timeout(self.response_timeout, what)),
             Ok(result) => Ok(result?),
             Err(_) => Err(BackendError::Timeout(self.response_timeout, what)),
         }

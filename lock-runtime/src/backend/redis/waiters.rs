@@ -116,7 +116,10 @@ impl Actor {
                 },
                 _ = sleep_until(reconnect_at) => {
                     self.reconnect_at = None;
-                    self.reconnect().await;
+                    // Nobody waits: connect again only when someone does.
+                    if !self.channels.is_empty() {
+                        self.reconnect().await;
+                    }
                 }
             }
         }
