@@ -18,6 +18,14 @@ enum AppError {
     Lock(LockError),
 }
 
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppError::Lock(e) => write!(f, "lock: {e}"),
+        }
+    }
+}
+
 impl From<LockError> for AppError {
     fn from(e: LockError) -> Self {
         AppError::Lock(e)

@@ -1,0 +1,83 @@
+//! The `#[distributed_lock]` attribute of the `distributed-lock` crate.
+//!
+//! Use it through the facade (`use distributed_lock::distributed_lock;`): the code it generates
+//! calls `::distributed_lock::__private`, so this crate alone is not enough.
+//!
+//! This file is only the entry point: parse the arguments ([`args`]), check them against the fn
+//! and rewrite it ([`expand`]). Duration literals live in [`duration`], key templates in [`key`].
+#![warn(missing_docs)]
+
+mod args;
+mod duration;
+mod expand;
+mod key;
+
+use proc_macro::TokenStream;
+
+/// Runs an `async fn` under a distributed lock: acquire before the body, release after it.
+///
+/// ```rust,ignore
+/// use distributed_lock::distributed_lock;
+///
+/// #[distributed_lock(key = "book:{isbn}", wait = "10s", lease = "5s")]
+/// async fn register(&self, isbn: &str) -> Result<Book, AppError> {
+///     // runs while this process holds "book:<isbn>"; AppError: From<LockError>
+/// }
+/// ```
+///
+/// Arguments, in any order:
+/// - `key = "..."` (required): a template built once, before acquiring. `{isbn}` inserts a
+///   parameter by `Display`, `{req.item_id}` a field of a parameter, `{self.id}` a field of the
+///   receiver; `{{` and `}}` are literal braces.
+/// - `wait = "10s"`: how long to wait for the lock (default 10 s; `"0s"` tries once).
+/// - `lease = "30s"`: a fixed lease. Without it a watchdog renews the lease while the body runs.
+/// - `hold_at_least = "1m"`: keep the lock at least this long after it was taken, even when the
+///   body ends sooner, so a scheduled job does not run again on another machine whose clock is
+///   slightly behind (ShedLock's lockAtLeastFor). Must not exceed a literal `lease`.
+/// - `on_busy = "error" | "skip"`: `"error"` (default) returns `Err(LockError::NotAcquired)`
+///   converted with `From`, so the fn returns `Result<T, E>` with `E: From<LockError>`.
+///   `"skip"` returns `()`/`None` without running the body, for fns returning `()`/`Option<T>`.
+/// - `on_lost = "report" | "cancel"`: when the lease is lost during the body, `"report"`
+///   (default) lets the body finish, `"cancel"` drops it at once; both then return
+///   `Err(LockError::LeaseLost)` (skip mode logs it instead).
+/// - `locker = <expr>`: the `Locker` to use (`Locker`, `&Locker`, `Arc<Locker>`), e.g.
+///   `locker = self.locks`. Default: the installed default locker.
+/// - `crate = "path"`: where `distributed_lock` is, for crates that re-export it.
+///
+/// Durations are string literals checked at compile time (units `ms`, `s`, `m`, `h`, `d`, largest
+/// first: `"1m30s"`) or any expression of type `Duration`, such as a `const`.
+///
+/// The signature, attributes, docs and visibility stay as written; the body becomes an
+/// `async move` block awaited in place, so `return`, `?`, `self`, generics and lifetimes keep
+/// their meaning. The lock is released when the body's future completes, also on early return,
+/// error, panic, or when the caller drops the future.
+#[proc_macro_attribute]
+pub fn distributed_lock(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item = proc_macro2::TokenStream::from(item);
+    let args = syn::parse::<args::Args>(attr);
+    let function = syn::parse2::<syn::ItemFn>(item.clone()).map_err(|_| {
+        syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "`#[distributed_lock]` goes on an `async fn` with a body (a free fn, a method, or \
+             an `async fn` in a trait impl)",
+        )
+    });
+    let expanded = match (args, function) {
+        (Ok(args), Ok(function)) => expand::expand(args, function),
+        (Err(mut first), Err(second)) => {
+            first.combine(second);
+            Err(first)
+        }
+        (Err(error), _) | (_, Err(error)) => Err(error),
+    };
+    match expanded {
+        Ok(tokens) => tokens.into(),
+        // As tokio's macros do: keep the user's item, so one clear error is all they see and
+        // the IDE still knows their fn.
+        Err(error) => {
+            let mut tokens = item;
+            tokens.extend(error.into_compile_error());
+            tokens.into()
+        }
+    }
+}

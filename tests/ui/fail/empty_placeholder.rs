@@ -1,0 +1,11 @@
+use distributed_lock::{LockError, distributed_lock};
+
+#[distributed_lock(key = "book:{}")]
+async fn register(isbn: &str) -> Result<(), LockError> {
+    let _ = isbn;
+    Ok(())
+}
+
+fn main() {
+    let _ = register("978-0");
+}

@@ -1,0 +1,18 @@
+use distributed_lock::distributed_lock;
+
+#[derive(Debug)]
+enum AppError {
+    NotFound,
+}
+
+#[distributed_lock(key = "book:{isbn}")]
+async fn register(isbn: &str) -> Result<(), AppError> {
+    if isbn.is_empty() {
+        return Err(AppError::NotFound);
+    }
+    Ok(())
+}
+
+fn main() {
+    let _ = register("978-0");
+}

@@ -1,0 +1,8 @@
+use distributed_lock::distributed_lock;
+
+#[distributed_lock(key = "ranking")]
+struct Ranking;
+
+fn main() {
+    let _ = Ranking;
+}
