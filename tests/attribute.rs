@@ -367,3 +367,48 @@ impl Service {
         Ok(())
     }
 }
+
+struct Outage {
+    locks: Locker,
+    entered: Arc<tokio::sync::Notify>,
+}
+
+impl Outage {
+    #[distributed_lock(key = "outage", locker = self.locks)]
+    async fn work_until_lost(&self) -> Result<(), LockError> {
+        self.entered.notify_one();
+        distributed_lock::current()
+            .expect("inside a lock")
+            .lost()
+            .await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_to_a_dead_server_is_reported_although_the_release_fails_too() {
+    let mut server = support::redis_server::RedisServer::start();
+    let locks = Locker::builder(server.url())
+        .watchdog_lease(Duration::from_millis(300))
+        .response_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let outage = Outage {
+        locks,
+        entered: entered.clone(),
+    };
+    let call = tokio::spawn(async move { outage.work_until_lost().await });
+    entered.notified().await; // the call holds the lock and runs its body
+    server.kill();
+    let result = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("hung")
+        .unwrap();
+    assert!(
+        matches!(result, Err(LockError::LeaseLost { ref key }) if key == "outage"),
+        "{result:?}"
+    );
+}

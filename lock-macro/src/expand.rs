@@ -247,16 +247,11 @@ fn generate(
                 quote! {
                     let #out = #private::scope_cancel_on_lost(&#guard, #body).await;
                     match (#out, #private::finish(#guard).await) {
-                        (::core::option::Option::Some(#out), ::core::result::Result::Ok(())) => {
+                        (::core::result::Result::Ok(#out), ::core::result::Result::Ok(())) => {
                             return #out;
                         }
-                        (_, ::core::result::Result::Err(#error)) => #error,
-                        (::core::option::Option::None, ::core::result::Result::Ok(())) => {
-                            ::core::unreachable!(
-                                "distributed_lock: the body was cancelled for a lost lease, \
-                                 but finish() reported no loss"
-                            )
-                        }
+                        (_, ::core::result::Result::Err(#error))
+                        | (::core::result::Result::Err(#error), _) => #error,
                     }
                 }
             } else {
@@ -268,17 +263,15 @@ fn generate(
                     }
                 }
             };
-            // One conversion point for both failures (busy, lease lost), spanned at the error
-            // type: a missing `From<LockError>` is reported there, once.
-            let error_span = error_type_span(&sig);
-            let error_here = Ident::new(
-                "__distributed_lock_error",
-                Span::mixed_site().located_at(error_span),
-            );
+            // One conversion point for both failures (busy, lease lost), located at the error
+            // type: a missing `From<LockError>` is reported there, once. Every token shares one
+            // hygiene context, or rustc would move the report to the attribute.
+            let at_error = Span::mixed_site().located_at(error_type_span(&sig));
+            let error_here = Ident::new("__distributed_lock_error", at_error);
+            let converted = Ident::new("__distributed_lock_converted", at_error);
             // `useless_conversion`: when `E` is `LockError` itself, `From::from` is the identity,
             // and clippy would blame the user's return type for it.
-            let converted = hygienic("__distributed_lock_converted");
-            let convert = quote_spanned! {error_span=>
+            let convert = quote_spanned! {at_error=>
                 #[allow(clippy::useless_conversion)]
                 let #converted = ::core::convert::From::from(#error_here);
                 ::core::result::Result::Err(#converted)
@@ -305,8 +298,8 @@ fn generate(
                     let #out = #private::scope_cancel_on_lost(&#guard, #body).await;
                     #private::finish_skip(#guard).await;
                     match #out {
-                        ::core::option::Option::Some(#out) => #out,
-                        ::core::option::Option::None => #skipped,
+                        ::core::result::Result::Ok(#out) => #out,
+                        ::core::result::Result::Err(_) => #skipped,
                     }
                 }
             } else {

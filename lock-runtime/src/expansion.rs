@@ -43,28 +43,39 @@ pub async fn scope<F: Future>(guard: &LockGuard, body: F) -> F::Output {
     guard.scope(body).await
 }
 
-/// `on_lost = "cancel"`: runs the body until it ends or the lease is lost (then drops it: None).
-pub async fn scope_cancel_on_lost<F: Future>(guard: &LockGuard, body: F) -> Option<F::Output> {
+/// `on_lost = "cancel"`: runs the body until it ends or the lease is lost; then the body is
+/// dropped and the loss returned.
+pub async fn scope_cancel_on_lost<F: Future>(
+    guard: &LockGuard,
+    body: F,
+) -> Result<F::Output, LockError> {
     let lost = guard.lost();
     let body = guard.scope(body);
     tokio::select! {
         biased;
-        out = body => Some(out),
+        out = body => Ok(out),
         () = lost => {
             tracing::warn!(key = guard.key(), "lease lost: cancelling the locked body");
-            None
+            Err(LockError::LeaseLost { key: guard.key().to_owned() })
         }
     }
 }
 
-/// Releases after the body. Only a lost lease is an error for the caller: a release that could
-/// not reach the server is logged, and the lease's expiry frees the lock.
+/// Releases after the body. `Err(LeaseLost)` whenever the lease was lost while held, however the
+/// release went; a release that could not reach the server is otherwise only logged (the lease's
+/// expiry frees the lock), so the body's result stands.
 pub async fn finish(guard: LockGuard) -> Result<(), LockError> {
-    let key = guard.key().to_owned();
-    match guard.release().await {
+    let handle = guard.handle();
+    let released = guard.release().await;
+    if handle.is_lost() {
+        return Err(LockError::LeaseLost {
+            key: handle.key().to_owned(),
+        });
+    }
+    match released {
         Err(error @ LockError::LeaseLost { .. }) => Err(error),
         Err(error) => {
-            tracing::warn!(key, %error, "release failed; the lock expires with its lease");
+            tracing::warn!(key = handle.key(), %error, "release failed; the lock expires with its lease");
             Ok(())
         }
         Ok(()) => Ok(()),
