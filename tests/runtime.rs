@@ -566,3 +566,14 @@ both_backends!(
     bad_keys_and_options_are_clear_errors,
     unusual_keys_lock_distinct_resources,
 );
+
+/// Nothing in this test binary installs a default locker.
+#[test]
+fn without_an_installed_locker_the_default_is_a_clear_error() {
+    let err = distributed_lock::default_locker().unwrap_err();
+    assert!(matches!(err, LockError::NoDefaultLocker));
+    assert!(
+        err.to_string().contains("distributed_lock::install("),
+        "{err}"
+    );
+}
