@@ -8,35 +8,20 @@ use distributed_lock::{LockError, LockOptions, Locker};
 use support::redis_server::RedisServer;
 use tokio::time::Instant;
 
-async fn stat(server: &RedisServer, command: &str) -> u64 {
-    let mut conn = server.client().await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:");
-    info.lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.split(['=', ',']).nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn uncontended_acquire_and_release_are_one_script_call_each() {
     let server = RedisServer::start();
     let locker = Locker::connect(&server.url()).await.unwrap();
-    let before = stat(&server, "evalsha").await;
+    let before = server.command_calls("evalsha").await;
     let guard = locker
         .acquire("rt", LockOptions::new().lease(Duration::from_secs(5)))
         .await
         .unwrap();
-    assert_eq!(stat(&server, "evalsha").await - before, 1, "acquire");
+    assert_eq!(server.command_calls("evalsha").await - before, 1, "acquire");
     guard.release().await.unwrap();
-    assert_eq!(stat(&server, "evalsha").await - before, 2, "release");
+    assert_eq!(server.command_calls("evalsha").await - before, 2, "release");
     assert_eq!(
-        stat(&server, "eval").await,
+        server.command_calls("eval").await,
         0,
         "scripts are preloaded: no EVAL fallback"
     );
@@ -52,10 +37,10 @@ async fn the_watchdog_renews_once_per_interval() {
         .await
         .unwrap();
     let guard = locker.acquire("wd", LockOptions::new()).await.unwrap();
-    let before = stat(&server, "evalsha").await;
+    let before = server.command_calls("evalsha").await;
     // 3.5 intervals of 200 ms: 3 renewals; allow one either way for scheduling on a busy machine.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let renewals = stat(&server, "evalsha").await - before;
+    let renewals = server.command_calls("evalsha").await - before;
     assert!(
         (2..=4).contains(&renewals),
         "{renewals} renewals in 3.5 intervals"

@@ -507,18 +507,10 @@ async fn unusual_keys_lock_distinct_resources(fx: Fixture) {
 }
 
 async fn evalsha_calls(fx: &Fixture) -> u64 {
-    let Some(server) = &fx.server else { return 0 };
-    let mut conn = server.client().await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .and_then(|l| l.split(['=', ',']).nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    match &fx.server {
+        Some(server) => server.command_calls("evalsha").await,
+        None => 0,
+    }
 }
 
 /// Redis: until the lock's release channel has a subscriber. Memory: the waiter registers

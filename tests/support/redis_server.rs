@@ -114,6 +114,23 @@ impl RedisServer {
             .expect("connect to the test redis-server")
     }
 
+    /// How many times `command` (lower case, e.g. "evalsha") ran, from `INFO commandstats`.
+    /// Commands run inside scripts are counted under their own names, not under evalsha.
+    pub async fn command_calls(&self, command: &str) -> u64 {
+        let mut conn = self.client().await;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:");
+        info.lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.split(['=', ',']).nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// SIGKILL: the server dies at once, losing everything (no persistence).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
