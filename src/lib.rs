@@ -72,6 +72,18 @@
 //! }
 //! ```
 //!
+//! # Side by side with Spring
+//!
+//! | Spring + Redisson | distributed-lock |
+//! |---|---|
+//! | `@DistributedLock(key = "'book:' + #isbn", waitTime = 10, leaseTime = 5)` | `#[distributed_lock(key = "book:{isbn}", wait = "10s", lease = "5s")]` |
+//! | SpEL key, a typo fails at run time | key template checked against the parameters at compile time |
+//! | `tryLock` returns `false`; the aspect decides | `Err(LockError::NotAcquired)` into your error type, or `on_busy = "skip"` |
+//! | `leaseTime = -1`: the watchdog | no `lease`: the watchdog |
+//! | a lease that ran out mid-work goes unnoticed | `LeaseLost` returned (or the body cancelled) |
+//! | commit before unlock needs `REQUIRES_NEW` | the body's future completes before the release |
+//! | self-invocation bypasses the proxy | every call is locked: the fn itself is rewritten |
+//!
 //! # By hand
 //!
 //! [`Locker::acquire`] with [`LockOptions`] returns a [`LockGuard`]: its fencing token, its lost
