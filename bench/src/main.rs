@@ -1,0 +1,93 @@
+//! The benchmark of distributed-lock against rslock and async-redis-lock: starts a private
+//! `redis-server`, runs the seven scenarios of issue 6 for the three implementations in rotating
+//! blocks, prints the table, and writes `BENCHMARKS.md`, `results.json` and `chart.svg`.
+//!
+//! ```sh
+//! cargo run --release --manifest-path bench/Cargo.toml                 # the full run (~1.5 min)
+//! cargo run --release --manifest-path bench/Cargo.toml -- --quick --out /tmp/b   # what CI runs
+//! ```
+
+mod chart;
+mod machine;
+mod monitor;
+mod plan;
+mod probe;
+mod report;
+mod scenarios;
+mod server;
+mod stats;
+mod subject;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use plan::Plan;
+use probe::Probe;
+use report::Report;
+use server::RedisServer;
+
+const USAGE: &str = "usage: distributed-lock-bench [--quick] [--out DIR]
+  --quick    tiny counts (under a minute), for CI: the figures mean nothing
+  --out DIR  write BENCHMARKS.md, results.json and chart.svg there (default: bench/)";
+
+const COMMAND: &str = "cargo run --release --manifest-path bench/Cargo.toml";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    if args.first().map(String::as_str) == Some("--scale-child") {
+        return runtime.block_on(scenarios::scale::child(&args[1..]));
+    }
+    let mut quick = false;
+    let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--out" => out = rest.next().context("--out needs a directory")?.into(),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let command = if quick {
+        format!("{COMMAND} -- --quick")
+    } else {
+        COMMAND.to_owned()
+    };
+    runtime.block_on(run(plan, out, command))
+}
+
+async fn run(plan: Plan, out: PathBuf, command: String) -> Result<()> {
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let server = RedisServer::start().await?;
+    let url = server.url();
+    let probe = Probe::connect(&url).await?;
+    let measurements = scenarios::run(&plan, &probe, &url).await?;
+    drop(server);
+
+    let report = Report::build(&plan, &measurements, machine::describe(), command)?;
+    println!("{}", report.table());
+    let write = |name: &str, text: String| {
+        let path = out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    write("BENCHMARKS.md", report.markdown())?;
+    write(
+        "results.json",
+        serde_json::to_string_pretty(&report.json)? + "\n",
+    )?;
+    chart::draw(&report.chart, &out.join("chart.svg"))?;
+    eprintln!(
+        "wrote BENCHMARKS.md, results.json and chart.svg to {}",
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The benchmark's own connection to the server: PING (the unit every latency is divided by),
+//! clean-up between blocks, `CLIENT LIST`, and markers in the `MONITOR` stream.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use redis::aio::ConnectionManager;
+
+/// How many `SET`s scenario 7 sends per pipeline when it fills the server with held keys.
+const HOLD_CHUNK: usize = 1000;
+
+#[derive(Clone)]
+pub struct Probe {
+    pub client: redis::Client,
+    conn: ConnectionManager,
+}
+
+impl Probe {
+    /// A `ConnectionManager`, the same kind of connection distributed-lock sends its commands on
+    /// and async-redis-lock too (rslock uses the multiplexed connection inside it).
+    pub async fn connect(url: &str) -> Result<Probe> {
+        let client = redis::Client::open(url).context("opening the probe client")?;
+        let conn = client
+            .get_connection_manager()
+            .await
+            .context("connecting the probe")?;
+        Ok(Probe { client, conn })
+    }
+
+    /// `n` sequential PINGs, each timed from send to reply.
+    pub async fn ping_samples(&self, n: usize) -> Result<Vec<Duration>> {
+        let mut conn = self.conn.clone();
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let started = Instant::now();
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .context("PING")?;
+            samples.push(started.elapsed());
+        }
+        Ok(samples)
+    }
+
+    /// Empties the database between blocks, so no block sees another's leftovers.
+    pub async fn flush(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("FLUSHALL")
+            .query_async::<()>(&mut conn)
+            .await
+            .context("FLUSHALL")
+    }
+
+    /// The `addr=` of every client connected now.
+    pub async fn client_addrs(&self) -> Result<HashSet<String>> {
+        let mut conn = self.conn.clone();
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .context("CLIENT LIST")?;
+        Ok(client_list_field(&list, "addr").collect())
+    }
+
+    /// Sends a marker that shows up in a `MONITOR` stream.
+    pub async fn mark(&self, marker: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ECHO")
+            .arg(marker)
+            .query_async::<String>(&mut conn)
+            .await
+            .context("ECHO marker")?;
+        Ok(())
+    }
+
+    /// Sets each key to a foreign owner's value with an expiry: a lock held by someone else.
+    pub async fn hold_keys(&self, keys: &[String], ttl: Duration) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        for chunk in keys.chunks(HOLD_CHUNK) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg("held-by-the-benchmark")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .context("SET of the held keys")?;
+        }
+        Ok(())
+    }
+}
+
+/// The values of `field=` in a `CLIENT LIST` reply, one per client line.
+pub fn client_list_field<'a>(list: &'a str, field: &'a str) -> impl Iterator<Item = String> + 'a {
+    list.lines().filter_map(move |line| {
+        line.split(' ').find_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            (name == field).then(|| value.to_owned())
+        })
+    })
+}

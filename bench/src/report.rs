@@ -1,0 +1,501 @@
+//! From measurements to the table (with targets and whether ours meets them), `BENCHMARKS.md`
+//! and `results.json`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::chart::ChartData;
+use crate::plan::Plan;
+use crate::scenarios::Measurements;
+use crate::stats::Summary;
+use crate::subject::{Kind, LEASE, WAIT};
+
+/// Scenario 1: ours within 5 % of two PINGs.
+const UNCONTENDED_TARGET: f64 = 1.05 * 2.0;
+const COMMANDS_TARGET: f64 = 2.0;
+const THROUGHPUT_TARGET: f64 = 1.2;
+const HANDOFF_MEDIAN_TARGET: f64 = 3.0;
+const HANDOFF_P99_TARGET: f64 = 10.0;
+const HANDOFF_VS_PEERS: f64 = 10.0;
+const WAITING_LOAD_TARGET: f64 = 0.2;
+/// Scenario 5: PINGs per waiter.
+const ALL_SERVED_PER_WAITER: f64 = 4.0;
+const SCALE_MEMORY_MIB: f64 = 64.0;
+const SCALE_CONNECTIONS: usize = 2;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub metric: String,
+    pub target: String,
+    /// Indexed by [`Kind::index`].
+    pub values: [String; 3],
+    pub met: String,
+}
+
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub json: serde_json::Value,
+    pub chart: ChartData,
+    pub ping: Summary,
+    pub machine: String,
+    pub command: String,
+    pub plan: Plan,
+}
+
+impl Report {
+    pub fn build(
+        plan: &Plan,
+        m: &Measurements,
+        machine: String,
+        command: String,
+    ) -> anyhow::Result<Report> {
+        let ping = Summary::of(&m.ping).ok_or_else(|| anyhow::anyhow!("no PING measured"))?;
+        let unit = ping.median_us;
+        let x = |d: Duration| d.as_secs_f64() * 1e6 / unit;
+        let per_kind = |f: &dyn Fn(usize) -> f64| -> [f64; 3] { [f(0), f(1), f(2)] };
+        let summary = |samples: &[Duration]| Summary::of(samples);
+        let mut rows = Vec::new();
+
+        // 1. Uncontended.
+        let uncontended: Vec<Option<Summary>> =
+            m.kinds.iter().map(|k| summary(&k.uncontended)).collect();
+        let median = |s: &Option<Summary>| s.map_or(f64::NAN, |s| s.median_us / unit);
+        let p99 = |s: &Option<Summary>| s.map_or(f64::NAN, |s| s.p99_us / unit);
+        let u_median = per_kind(&|i| median(&uncontended[i]));
+        rows.push(Row {
+            scenario: "1 uncontended".into(),
+            metric: format!(
+                "acquire+release on a fresh key, median, x PING (n = {})",
+                uncontended[0].map_or(0, |s| s.n)
+            ),
+            target: format!("<= {UNCONTENDED_TARGET:.2} (1.05 x 2 PING)"),
+            values: u_median.map(num),
+            met: at_most(u_median[0], UNCONTENDED_TARGET, "x PING"),
+        });
+        rows.push(Row {
+            scenario: "1 uncontended".into(),
+            metric: "acquire+release, p99, x PING".into(),
+            target: "report only".into(),
+            values: per_kind(&|i| p99(&uncontended[i])).map(num),
+            met: "-".into(),
+        });
+        let commands = per_kind(&|i| m.kinds[i].commands_per_section.unwrap_or(f64::NAN));
+        rows.push(Row {
+            scenario: "1 uncontended".into(),
+            metric: format!(
+                "commands the client sends per critical section (MONITOR, {} sections)",
+                plan.counted_sections
+            ),
+            target: "exactly 2".into(),
+            values: commands.map(num),
+            met: if commands[0] == COMMANDS_TARGET {
+                "yes".into()
+            } else {
+                format!("no: {} per section, not 2", num(commands[0]))
+            },
+        });
+
+        // 2. Throughput.
+        let throughput = per_kind(&|i| {
+            let k = &m.kinds[i];
+            k.throughput_sections as f64 / k.throughput_time.as_secs_f64()
+        });
+        let vs_rslock = throughput[0] / throughput[Kind::Rslock.index()];
+        rows.push(Row {
+            scenario: "2 throughput".into(),
+            metric: format!(
+                "critical sections per second, {} tasks on their own keys ({:.1} s each)",
+                plan.throughput_tasks,
+                m.kinds[0].throughput_time.as_secs_f64()
+            ),
+            target: format!(
+                ">= 1.2 x rslock = {}",
+                num(THROUGHPUT_TARGET * throughput[Kind::Rslock.index()])
+            ),
+            values: throughput.map(num),
+            met: if vs_rslock >= THROUGHPUT_TARGET {
+                format!("yes ({vs_rslock:.2} x rslock)")
+            } else {
+                format!("no: only {vs_rslock:.2} x rslock")
+            },
+        });
+
+        // 3. Handoff.
+        let mut handoff_json = Vec::new();
+        let mut handoff_medians = Vec::new();
+        for (ki, &k) in plan.handoff_ks.iter().enumerate() {
+            let s: Vec<Option<Summary>> = m
+                .kinds
+                .iter()
+                .map(|kind| summary(&kind.handoff[ki]))
+                .collect();
+            let med = per_kind(&|i| median(&s[i]));
+            let tail = per_kind(&|i| p99(&s[i]));
+            let n = per_kind(&|i| s[i].map_or(0.0, |s| s.n as f64));
+            let mut misses = Vec::new();
+            if med[0].is_nan() || med[0] > HANDOFF_MEDIAN_TARGET {
+                misses.push(format!("{} x PING is above 3", num(med[0])));
+            }
+            for peer in [Kind::Rslock, Kind::AsyncRedisLock] {
+                let better = med[peer.index()] / med[0];
+                if better.is_nan() || better < HANDOFF_VS_PEERS {
+                    misses.push(format!("only {better:.1} x better than {}", peer.name()));
+                }
+            }
+            rows.push(Row {
+                scenario: format!("3 handoff K={k}"),
+                metric: format!(
+                    "release returned -> next acquire returned, median, x PING (n = {} / {} / {})",
+                    n[0], n[1], n[2]
+                ),
+                target: "<= 3, and >= 10 x better than both peers".into(),
+                values: med.map(num),
+                met: verdict(misses),
+            });
+            rows.push(Row {
+                scenario: format!("3 handoff K={k}"),
+                metric: "same, p99, x PING".into(),
+                target: "<= 10".into(),
+                values: tail.map(num),
+                met: at_most(tail[0], HANDOFF_P99_TARGET, "x PING"),
+            });
+            handoff_medians.push((format!("handoff K={k}"), med));
+            handoff_json.push(json!({
+                "k": k,
+                "summaries_us": s,
+                "median_x_ping": med,
+                "p99_x_ping": tail,
+            }));
+        }
+
+        // 4. Waiting load.
+        let load = per_kind(&|i| {
+            m.kinds[i]
+                .waiting_load
+                .as_ref()
+                .map_or(f64::NAN, |w| w.per_waiter_per_s)
+        });
+        rows.push(Row {
+            scenario: "4 waiting load".into(),
+            metric: format!(
+                "client commands per second per waiter, {} waiters on a held lock ({} s counted after {} s)",
+                plan.waiters,
+                secs(plan.waiting_window),
+                secs(plan.waiting_settle)
+            ),
+            target: format!("<= {WAITING_LOAD_TARGET}"),
+            values: load.map(num),
+            met: at_most(load[0], WAITING_LOAD_TARGET, "commands/s"),
+        });
+
+        // 5. Release to all served.
+        let served = per_kind(&|i| {
+            let mut runs = m.kinds[i].all_served.clone();
+            runs.sort();
+            runs.get(runs.len().saturating_sub(1) / 2)
+                .map_or(f64::NAN, |d| x(*d))
+        });
+        let served_limit = plan.waiters as f64 * ALL_SERVED_PER_WAITER;
+        rows.push(Row {
+            scenario: "5 release to all served".into(),
+            metric: format!(
+                "first release -> all {} waiters served, median of {} runs, x PING",
+                plan.waiters,
+                m.kinds[0].all_served.len()
+            ),
+            target: format!("<= {} ({} x 4 PING)", served_limit, plan.waiters),
+            values: served.map(|v| format!("{} ({:.1} ms)", num(v), v * unit / 1000.0)),
+            met: at_most(served[0], served_limit, "x PING"),
+        });
+
+        // 6. Starvation.
+        let starvation = |f: &dyn Fn(&crate::scenarios::starvation::Starvation) -> String| {
+            [0, 1, 2].map(|i| m.kinds[i].starvation.as_ref().map_or("-".into(), f))
+        };
+        rows.push(Row {
+            scenario: "6 starvation".into(),
+            metric: format!(
+                "tasks with zero critical sections, of {} looping on one key for {} s",
+                plan.starvation_tasks,
+                secs(plan.starvation_time)
+            ),
+            target: "report only".into(),
+            values: starvation(&|s| format!("{} (of {} sections)", s.starved_tasks, s.sections)),
+            met: "-".into(),
+        });
+        rows.push(Row {
+            scenario: "6 starvation".into(),
+            metric: "longest single wait, ms".into(),
+            target: "report only".into(),
+            values: starvation(&|s| num(s.longest_wait_ms)),
+            met: "-".into(),
+        });
+        rows.push(Row {
+            scenario: "6 starvation".into(),
+            metric: "Jain's fairness index over per-task counts (1 = fair)".into(),
+            target: "report only".into(),
+            values: starvation(&|s| format!("{:.3}", s.jain)),
+            met: "-".into(),
+        });
+
+        // 7. Scale of waiting.
+        let rss = per_kind(&|i| {
+            m.kinds[i]
+                .scale
+                .as_ref()
+                .map_or(f64::NAN, |s| s.rss_kib as f64 / 1024.0)
+        });
+        rows.push(Row {
+            scenario: "7 scale of waiting".into(),
+            metric: format!(
+                "resident memory (VmRSS) of a process with {} waiting tasks, MiB",
+                plan.scale_tasks
+            ),
+            target: format!("<= {SCALE_MEMORY_MIB}"),
+            values: rss.map(num),
+            met: at_most(rss[0], SCALE_MEMORY_MIB, "MiB"),
+        });
+        let connections = [0, 1, 2].map(|i| m.kinds[i].scale.as_ref().map(|s| s.connections));
+        rows.push(Row {
+            scenario: "7 scale of waiting".into(),
+            metric: "Redis connections the process opened (CLIENT LIST)".into(),
+            target: format!("exactly {SCALE_CONNECTIONS}"),
+            values: connections.map(|c| c.map_or("-".into(), |c| c.to_string())),
+            met: match connections[0] {
+                Some(SCALE_CONNECTIONS) => "yes".into(),
+                Some(c) => format!("no: {c} connections"),
+                None => "no: not measured".into(),
+            },
+        });
+
+        let mut latency_groups = vec![("uncontended".to_owned(), u_median)];
+        latency_groups.extend(handoff_medians);
+        latency_groups.push((
+            format!("all served / {}", plan.waiters),
+            served.map(|v| v / plan.waiters as f64),
+        ));
+        let chart = ChartData {
+            ping_us: unit,
+            latency: latency_groups,
+            throughput,
+            waiting_load: load,
+        };
+
+        let implementations: Vec<_> = Kind::ALL
+            .iter()
+            .map(|&kind| {
+                let k = &m.kinds[kind.index()];
+                json!({
+                    "name": kind,
+                    "uncontended_us": uncontended[kind.index()],
+                    "commands_per_section": k.commands_per_section,
+                    "throughput_per_s": throughput[kind.index()],
+                    "waiting_load": k.waiting_load,
+                    "all_served_us": k.all_served.iter().map(|d| d.as_secs_f64() * 1e6).collect::<Vec<_>>(),
+                    "starvation": k.starvation,
+                    "scale": k.scale,
+                })
+            })
+            .collect();
+        let json = json!({
+            "command": command,
+            "machine": machine,
+            "plan": plan,
+            "wait_s": WAIT.as_secs_f64(),
+            "lease_s": LEASE.as_secs_f64(),
+            "ping_us": ping,
+            "implementations": implementations,
+            "handoff": handoff_json,
+            "rows": rows,
+        });
+        Ok(Report {
+            rows,
+            json,
+            chart,
+            ping,
+            machine,
+            command,
+            plan: plan.clone(),
+        })
+    }
+
+    /// The table as Markdown (also what the terminal shows).
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let names = Kind::ALL.map(Kind::name);
+        let _ = writeln!(
+            out,
+            "| scenario | metric | target (ours) | {} | {} | {} | met? |",
+            names[0], names[1], names[2]
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        for row in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                row.scenario,
+                row.metric,
+                row.target,
+                row.values[0],
+                row.values[1],
+                row.values[2],
+                row.met
+            );
+        }
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let p = &self.plan;
+        let mut out = String::new();
+        let _ = writeln!(out, "# Benchmarks\n");
+        let _ = writeln!(
+            out,
+            "distributed-lock against rslock 0.10 (single node) and async-redis-lock 0.4, in one \
+             run of one process against one private `redis-server`. Written by the benchmark in \
+             `bench/`; do not edit by hand.\n"
+        );
+        let _ = writeln!(
+            out,
+            "- Command (from the repository root): `{}`",
+            self.command
+        );
+        let _ = writeln!(out, "- Machine: {}", self.machine);
+        let _ = writeln!(
+            out,
+            "- Unit: the PING median, {:.1} µs (p99 {:.1} µs, {} PINGs spread over the run, on a \
+             redis-rs `ConnectionManager` like the one distributed-lock sends its commands on). \
+             Latencies are multiples of it (\"x PING\").",
+            self.ping.median_us, self.ping.p99_us, self.ping.n
+        );
+        let _ = writeln!(
+            out,
+            "- Schedule: a warm-up, then {} round(s); in each, every scenario runs one block per \
+             implementation, in an order that rotates from round to round. Scenarios 4, 6 and 7 \
+             run once per implementation.{}\n",
+            p.rounds,
+            if p.quick {
+                " **Quick mode: tiny counts, figures not meaningful.**"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(out, "![figures](chart.svg)\n");
+        out.push_str(&self.table());
+        let _ = writeln!(out, "\n## How each figure is measured\n");
+        let _ = writeln!(
+            out,
+            "1. One task, acquire+release on a key never used before, timed around both calls. \
+             The command count is a separate run under `MONITOR` on a fresh client (after {} \
+             warm-up sections), counting the lines from that client's connections and not the \
+             commands scripts run (`INFO commandstats` would count those too).",
+            crate::scenarios::uncontended::COUNT_WARMUP
+        );
+        let _ = writeln!(
+            out,
+            "2. {} tasks share one client; each loops acquire+release on its own key. Sections \
+             completed before each block's deadline, summed over the blocks.",
+            p.throughput_tasks
+        );
+        let _ = writeln!(
+            out,
+            "3. K tasks share one client and loop on one key. A task that released waits until \
+             another task has taken the lock before it contends again, and a holder keeps the lock \
+             until every other task is inside `acquire()`, then {} ms more, so each release hands \
+             the lock to a task already waiting. Figure: from the holder's `release()` returning \
+             to the next holder's `acquire()` returning.",
+            p.handoff_hold.as_millis()
+        );
+        let _ = writeln!(
+            out,
+            "4. Another client holds the lock; {} waiters share one client. After {} s (their \
+             first attempts), the commands of the waiters' connections are counted under \
+             `MONITOR` for {} s, then the holder releases.",
+            p.waiters,
+            secs(p.waiting_settle),
+            secs(p.waiting_window)
+        );
+        let _ = writeln!(
+            out,
+            "5. Another client holds the lock; {} waiters share one client, each running a short \
+             critical section (one `yield_now`, no I/O) once it has the lock. The holder releases \
+             {} s after the last waiter entered `acquire()`. Figure: from just before that release \
+             until the last waiter's `release()` returned.",
+            p.waiters,
+            secs(p.served_settle)
+        );
+        let _ = writeln!(
+            out,
+            "6. {} tasks share one client and loop acquire+release on one key for {} s. A wait \
+             still running at the end counts up to the end.",
+            p.starvation_tasks,
+            secs(p.starvation_time)
+        );
+        let _ = writeln!(
+            out,
+            "7. The keys are set directly in Redis (held by nobody that will release them). A \
+             child process per implementation connects one client, starts {} tasks each \
+             acquiring its own key, waits {} s after the last started, then reads its VmRSS from \
+             `/proc/self/status` and counts the new entries of `CLIENT LIST`.",
+            p.scale_tasks,
+            secs(p.scale_settle)
+        );
+        let _ = writeln!(out, "\n## Settings of the three\n");
+        let _ = writeln!(
+            out,
+            "All three wait up to {} s. distributed-lock: `LockOptions::new().wait({}s).lease({}s)`, \
+             one `Locker` per client. rslock: `LockManager::acquire(key, {} s TTL)` with its default \
+             retry settings (3 tries 0-200 ms apart, which `acquire` repeats until it gets the \
+             lock); it has no wait bound of its own, so the call is wrapped in a {} s \
+             `tokio::time::timeout`. async-redis-lock: its default wait (`timeout`, 1 s) had to be \
+             raised to {} s; its other defaults are kept (3 s TTL renewed every 1 s by its own \
+             task, 100 ms between attempts).",
+            WAIT.as_secs(),
+            WAIT.as_secs(),
+            LEASE.as_secs(),
+            LEASE.as_secs(),
+            WAIT.as_secs(),
+            WAIT.as_secs()
+        );
+        out
+    }
+}
+
+/// A number with about three significant digits.
+fn num(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}", d.as_secs_f64())
+}
+
+fn at_most(value: f64, limit: f64, unit: &str) -> String {
+    if value <= limit {
+        "yes".into()
+    } else if value.is_nan() {
+        "no: not measured".into()
+    } else {
+        format!("no: {} {unit} is above {}", num(value), num(limit))
+    }
+}
+
+fn verdict(misses: Vec<String>) -> String {
+    if misses.is_empty() {
+        "yes".into()
+    } else {
+        format!("no: {}", misses.join("; "))
+    }
+}

@@ -1,0 +1,237 @@
+//! The seven scenarios, and the schedule that runs them: a warm-up, then rounds in which every
+//! scenario runs one block per implementation, in an order that rotates from round to round, so
+//! a noisy moment of the machine does not land on one implementation only.
+
+pub mod all_served;
+pub mod handoff;
+pub mod scale;
+pub mod starvation;
+pub mod throughput;
+pub mod uncontended;
+pub mod waiting_load;
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use tokio::task::JoinHandle;
+
+use crate::plan::Plan;
+use crate::probe::Probe;
+use crate::subject::{Kind, Subject, WAIT};
+use scale::Scale;
+use starvation::Starvation;
+use waiting_load::WaitingLoad;
+
+/// Everything measured for one implementation.
+#[derive(Default)]
+pub struct Measured {
+    pub uncontended: Vec<Duration>,
+    pub commands_per_section: Option<f64>,
+    pub throughput_sections: u64,
+    pub throughput_time: Duration,
+    /// Per K of the plan, in its order.
+    pub handoff: Vec<Vec<Duration>>,
+    pub waiting_load: Option<WaitingLoad>,
+    pub all_served: Vec<Duration>,
+    pub starvation: Option<Starvation>,
+    pub scale: Option<Scale>,
+}
+
+pub struct Measurements {
+    pub ping: Vec<Duration>,
+    /// Indexed by [`Kind::index`].
+    pub kinds: [Measured; 3],
+}
+
+/// The three implementations, rotated left by `shift`.
+fn order(shift: usize) -> [Kind; 3] {
+    let mut kinds = Kind::ALL;
+    kinds.rotate_left(shift % Kind::ALL.len());
+    kinds
+}
+
+pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> {
+    let mut subjects = Vec::new();
+    for kind in Kind::ALL {
+        subjects.push(Subject::connect(kind, url).await?);
+    }
+    let mut out = Measurements {
+        ping: Vec::new(),
+        kinds: Default::default(),
+    };
+    for measured in &mut out.kinds {
+        measured.handoff = vec![Vec::new(); plan.handoff_ks.len()];
+    }
+
+    eprintln!("warm-up");
+    probe.ping_samples(plan.ping_per_round).await?;
+    for subject in &subjects {
+        uncontended::latencies(subject, "warm", plan.warmup_sections).await?;
+        throughput::sections(
+            subject,
+            "warm",
+            plan.throughput_tasks,
+            plan.warmup_throughput,
+        )
+        .await?;
+        // Contention too: a lazily opened connection (ours: the subscriber) is start-up cost.
+        handoff::latencies(
+            subject,
+            "warm",
+            2,
+            plan.warmup_throughput,
+            plan.handoff_hold,
+        )
+        .await?;
+        probe.flush().await?;
+    }
+
+    eprintln!("scenario 1: commands per critical section (MONITOR)");
+    for kind in Kind::ALL {
+        let counted =
+            uncontended::commands_per_section(probe, url, kind, "count", plan.counted_sections)
+                .await?;
+        out.kinds[kind.index()].commands_per_section = Some(counted);
+        probe.flush().await?;
+    }
+
+    for round in 0..plan.rounds {
+        let tag = |what: &str| format!("r{round}-{what}");
+        eprintln!("round {}/{}", round + 1, plan.rounds);
+        out.ping
+            .extend(probe.ping_samples(plan.ping_per_round).await?);
+
+        for kind in order(round) {
+            let samples = uncontended::latencies(
+                &subjects[kind.index()],
+                &tag("1"),
+                plan.uncontended_per_block,
+            )
+            .await?;
+            out.kinds[kind.index()].uncontended.extend(samples);
+            probe.flush().await?;
+        }
+
+        for kind in order(round + 1) {
+            let sections = throughput::sections(
+                &subjects[kind.index()],
+                &tag("2"),
+                plan.throughput_tasks,
+                plan.throughput_block,
+            )
+            .await?;
+            let measured = &mut out.kinds[kind.index()];
+            measured.throughput_sections += sections;
+            measured.throughput_time += plan.throughput_block;
+            probe.flush().await?;
+        }
+
+        for (i, &k) in plan.handoff_ks.iter().enumerate() {
+            for kind in order(round + 2 + i) {
+                let samples = handoff::latencies(
+                    &subjects[kind.index()],
+                    &tag(&format!("3-{k}")),
+                    k,
+                    plan.handoff_block,
+                    plan.handoff_hold,
+                )
+                .await?;
+                out.kinds[kind.index()].handoff[i].extend(samples);
+                probe.flush().await?;
+            }
+        }
+
+        for kind in order(round + 3) {
+            let took = all_served::duration(url, kind, &tag("5"), plan.waiters, plan.served_settle)
+                .await?;
+            out.kinds[kind.index()].all_served.push(took);
+            probe.flush().await?;
+        }
+
+        // The single-block scenarios, spread over the rounds.
+        if round == 0 {
+            eprintln!("scenario 4: waiting load (MONITOR)");
+            for kind in order(round + 4) {
+                let load = waiting_load::measure(
+                    probe,
+                    url,
+                    kind,
+                    &tag("4"),
+                    plan.waiters,
+                    plan.waiting_settle,
+                    plan.waiting_window,
+                )
+                .await?;
+                out.kinds[kind.index()].waiting_load = Some(load);
+                probe.flush().await?;
+            }
+        }
+        if round == 1 % plan.rounds {
+            eprintln!("scenario 6: starvation");
+            for kind in order(round + 5) {
+                let starved = starvation::measure(
+                    &subjects[kind.index()],
+                    &tag("6"),
+                    plan.starvation_tasks,
+                    plan.starvation_time,
+                )
+                .await?;
+                out.kinds[kind.index()].starvation = Some(starved);
+                probe.flush().await?;
+            }
+        }
+        if round + 1 == plan.rounds {
+            eprintln!("scenario 7: {} waiters in one process", plan.scale_tasks);
+            for kind in order(round + 6) {
+                let scale = scale::measure(
+                    probe,
+                    url,
+                    kind,
+                    &tag("7"),
+                    plan.scale_tasks,
+                    plan.scale_settle,
+                )
+                .await?;
+                out.kinds[kind.index()].scale = Some(scale);
+                probe.flush().await?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Awaits tasks that are finishing by themselves, within `timeout` in all; the first error wins.
+pub async fn join_tasks<T>(
+    handles: Vec<JoinHandle<Result<T>>>,
+    timeout: Duration,
+) -> Result<Vec<T>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        let joined = tokio::time::timeout_at(deadline, handle)
+            .await
+            .map_err(|_| anyhow!("tasks still running after {timeout:?}"))?;
+        out.push(joined.map_err(|e| anyhow!("a benchmark task panicked: {e}"))??);
+    }
+    Ok(out)
+}
+
+/// Stops tasks that loop until stopped; an error one of them ended with before is returned.
+pub async fn abort_tasks(handles: Vec<JoinHandle<Result<()>>>) -> Result<()> {
+    for handle in &handles {
+        handle.abort();
+    }
+    for handle in handles {
+        match handle.await {
+            Ok(result) => result?,
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(anyhow!("a benchmark task panicked: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Tasks told to stop finish their current critical section within the wait.
+pub async fn stop_tasks(handles: Vec<JoinHandle<Result<()>>>) -> Result<()> {
+    join_tasks(handles, WAIT).await.map(drop)
+}

@@ -1,0 +1,88 @@
+//! The private `redis-server` every figure is measured against: a free loopback port, a temp dir,
+//! no persistence, killed when dropped.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const REDIS_SERVER: &str = "redis-server";
+/// How long the server may take to accept connections after it was started.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scenario 7 opens 10,000 waiters; a peer that opened a connection per waiter must be measured,
+/// not refused by the default limit.
+const MAX_CLIENTS: &str = "20000";
+
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port of 127.0.0.1 and waits until it answers PING.
+    pub async fn start() -> Result<RedisServer> {
+        let dir = tempfile::tempdir().context("creating a temp dir for redis-server")?;
+        let port = free_port()?;
+        let child = Command::new(REDIS_SERVER)
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--maxclients", MAX_CLIENTS])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context(
+                "starting redis-server (is it installed? scripts/install-redis installs it)",
+            )?;
+        let server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn wait_ready(&self) -> Result<()> {
+        let client = redis::Client::open(self.url())?;
+        let started = Instant::now();
+        loop {
+            let ping = async {
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            };
+            match ping.await {
+                Ok(_) => return Ok(()),
+                Err(e) if started.elapsed() > STARTUP_TIMEOUT => {
+                    bail!(
+                        "redis-server on port {} did not answer PING: {e}",
+                        self.port
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port the OS just handed out; the tiny race until redis-server binds it is acceptable here.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
