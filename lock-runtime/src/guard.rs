@@ -27,11 +27,52 @@ pub(crate) struct HeldLock {
     pub(crate) hold_at_least: Option<Duration>,
     /// Cancelled when the lease is lost. Never cancelled by a release.
     pub(crate) lost: CancellationToken,
-    /// The watchdog, or the timer that reports a fixed lease running out.
+    /// A fixed lease's end (counted from when the acquire was sent, so never later than the
+    /// server's). No task watches it: `is_lost`, `lost()` and release compare against it.
+    pub(crate) lease_ends: Option<Instant>,
+    /// The watchdog (watchdog mode only).
     pub(crate) keeper: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl HeldLock {
+    /// True once the lease is known lost: reported by the watchdog or a release, or a fixed
+    /// lease whose end has passed (marked, and logged, the first time it is seen).
+    pub(crate) fn is_lost(&self) -> bool {
+        if self.lost.is_cancelled() {
+            return true;
+        }
+        match self.lease_ends {
+            Some(ends) if Instant::now() >= ends => {
+                Self::mark_lost(
+                    &self.key,
+                    self.fence,
+                    &self.lost,
+                    "the fixed lease ran out before release",
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Resolves when the lease is lost.
+    pub(crate) fn lost(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let held = Arc::clone(self);
+        async move {
+            match held.lease_ends {
+                Some(ends) => {
+                    tokio::select! {
+                        () = held.lost.cancelled() => {}
+                        () = tokio::time::sleep_until(ends) => {
+                            held.is_lost();
+                        }
+                    }
+                }
+                None => held.lost.cancelled().await,
+            }
+        }
+    }
+
     /// Marks the lease lost (once), logging why.
     pub(crate) fn mark_lost(key: &str, fence: u64, lost: &CancellationToken, why: &str) {
         if !lost.is_cancelled() {
@@ -67,7 +108,7 @@ impl HeldLock {
             .await
             .map_err(|e| LockError::backend(Some(&self.key), e))?;
         match released {
-            Released::Done if !self.lost.is_cancelled() => {
+            Released::Done if !self.is_lost() => {
                 tracing::debug!(
                     key = %self.key,
                     fence = self.fence,
@@ -147,12 +188,12 @@ impl LockGuard {
 
     /// True once the lease is known to be lost (expired, or taken by another holder).
     pub fn is_lost(&self) -> bool {
-        self.held().lost.is_cancelled()
+        self.held().is_lost()
     }
 
     /// Resolves when the lease is lost; never resolves while it holds.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.held().lost.clone().cancelled_owned()
+        self.held().lost()
     }
 
     /// A cheap handle with the same read-only view, e.g. for another task.
@@ -179,7 +220,7 @@ impl LockGuard {
         drop(self);
         if held.locker.leave(&held) {
             held.release_in_backend().await
-        } else if held.lost.is_cancelled() {
+        } else if held.is_lost() {
             Err(held.lease_lost())
         } else {
             Ok(())
@@ -219,7 +260,7 @@ impl fmt::Debug for LockGuard {
         f.debug_struct("LockGuard")
             .field("key", &self.held.key)
             .field("fencing_token", &self.held.fence)
-            .field("lost", &self.held.lost.is_cancelled())
+            .field("lost", &self.held.is_lost())
             .finish()
     }
 }
@@ -243,12 +284,12 @@ impl LockHandle {
 
     /// True once the lease is known to be lost.
     pub fn is_lost(&self) -> bool {
-        self.held.lost.is_cancelled()
+        self.held.is_lost()
     }
 
     /// Resolves when the lease is lost.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.held.lost.clone().cancelled_owned()
+        self.held.lost()
     }
 }
 
@@ -257,7 +298,7 @@ impl fmt::Debug for LockHandle {
         f.debug_struct("LockHandle")
             .field("key", &self.held.key)
             .field("fencing_token", &self.held.fence)
-            .field("lost", &self.held.lost.is_cancelled())
+            .field("lost", &self.held.is_lost())
             .finish()
     }
 }

@@ -273,7 +273,7 @@ impl LockerInner {
         match held.get_mut(&(owner, key.to_owned())) {
             // A lost lease is not held any more: take the lock afresh. The stale guard still
             // reports the loss at its own release.
-            Some((lock, _)) if lock.lost.is_cancelled() => Ok(None),
+            Some((lock, _)) if lock.is_lost() => Ok(None),
             Some((lock, count)) => {
                 *count += 1;
                 Ok(Some(Arc::clone(lock)))
@@ -313,22 +313,18 @@ impl LockerInner {
         options: LockOptions,
     ) -> LockGuard {
         let lost = CancellationToken::new();
-        let keeper = match options.lease_time() {
-            Some(lease) => tokio::spawn(expire_fixed_lease(
-                key.to_owned(),
-                fence,
-                lost.clone(),
-                sent_at + lease,
-            )),
-            None => tokio::spawn(watchdog(
+        let lease_ends = options.lease_time().map(|lease| sent_at + lease);
+        // Only the watchdog needs a task; a fixed lease is a deadline compared when observed.
+        let keeper = lease_ends.is_none().then(|| {
+            tokio::spawn(watchdog(
                 Arc::clone(&locker.inner),
                 key.to_owned(),
                 token.clone(),
                 fence,
                 lost.clone(),
                 sent_at,
-            )),
-        };
+            ))
+        });
         let held = Arc::new(HeldLock {
             locker: Arc::clone(&locker.inner),
             key: key.to_owned(),
@@ -338,7 +334,8 @@ impl LockerInner {
             acquired_at: Instant::now(),
             hold_at_least: options.hold_at_least_time(),
             lost,
-            keeper: Mutex::new(Some(keeper)),
+            lease_ends,
+            keeper: Mutex::new(keeper),
         });
         lock(&self.held).insert((owner, key.to_owned()), (Arc::clone(&held), 1));
         tracing::debug!(
@@ -376,12 +373,6 @@ impl Drop for InFlight<'_> {
             }
         });
     }
-}
-
-/// A fixed lease: report the loss when it runs out before the guard is released.
-async fn expire_fixed_lease(key: String, fence: u64, lost: CancellationToken, expires: Instant) {
-    tokio::time::sleep_until(expires).await;
-    HeldLock::mark_lost(&key, fence, &lost, "the fixed lease ran out before release");
 }
 
 /// The watchdog: renew every renewal interval while the guard lives; report the loss when a
