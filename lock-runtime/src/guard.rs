@@ -169,13 +169,9 @@ impl LockGuard {
         }
     }
 
-    fn held(&self) -> &Arc<HeldLock> {
-        &self.held
-    }
-
     /// The key, as given to `acquire`.
     pub fn key(&self) -> &str {
-        &self.held().key
+        &self.held.key
     }
 
     /// The fencing number of this acquisition: strictly greater than every earlier acquisition's
@@ -183,23 +179,23 @@ impl LockGuard {
     /// lower number than it has seen: then a holder that lost its lease (paused, partitioned)
     /// cannot overwrite a newer holder's work.
     pub fn fencing_token(&self) -> u64 {
-        self.held().fence
+        self.held.fence
     }
 
     /// True once the lease is known to be lost (expired, or taken by another holder).
     pub fn is_lost(&self) -> bool {
-        self.held().is_lost()
+        self.held.is_lost()
     }
 
     /// Resolves when the lease is lost; never resolves while it holds.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.held().lost()
+        self.held.lost()
     }
 
     /// A cheap handle with the same read-only view, e.g. for another task.
     pub fn handle(&self) -> LockHandle {
         LockHandle {
-            held: Arc::clone(self.held()),
+            held: Arc::clone(&self.held),
         }
     }
 

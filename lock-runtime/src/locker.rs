@@ -148,7 +148,7 @@ impl Locker {
         options.validate(key)?;
         let inner = &self.inner;
         let owner = Owner::current();
-        if let Some(held) = inner.reenter(owner, key)? {
+        if let Some(held) = inner.reenter(owner, key) {
             tracing::debug!(
                 key,
                 fence = held.fence,
@@ -174,7 +174,7 @@ impl Locker {
 
         let first = inner.attempt(key, &token, lease).await?;
         if let (Attempt::Acquired { fence }, sent_at) = first {
-            return Ok(inner.hold(self, owner, key, token, fence, sent_at, started, options));
+            return Ok(inner.hold(owner, key, token, fence, sent_at, started, options));
         }
         if Instant::now() >= deadline {
             return Err(not_acquired());
@@ -188,9 +188,7 @@ impl Locker {
             notified.as_mut().enable();
             match inner.attempt(key, &token, lease).await? {
                 (Attempt::Acquired { fence }, sent_at) => {
-                    return Ok(
-                        inner.hold(self, owner, key, token, fence, sent_at, started, options)
-                    );
+                    return Ok(inner.hold(owner, key, token, fence, sent_at, started, options));
                 }
                 (Attempt::Busy { ttl }, _) => {
                     let now = Instant::now();
@@ -268,17 +266,17 @@ impl LockerInner {
         Ok((attempt, sent_at))
     }
 
-    fn reenter(&self, owner: Owner, key: &str) -> Result<Option<Arc<HeldLock>>, LockError> {
+    fn reenter(&self, owner: Owner, key: &str) -> Option<Arc<HeldLock>> {
         let mut held = lock(&self.held);
         match held.get_mut(&(owner, key.to_owned())) {
             // A lost lease is not held any more: take the lock afresh. The stale guard still
             // reports the loss at its own release.
-            Some((lock, _)) if lock.is_lost() => Ok(None),
+            Some((lock, _)) if lock.is_lost() => None,
             Some((lock, count)) => {
                 *count += 1;
-                Ok(Some(Arc::clone(lock)))
+                Some(Arc::clone(lock))
             }
-            None => Ok(None),
+            None => None,
         }
     }
 
@@ -303,7 +301,6 @@ impl LockerInner {
     #[allow(clippy::too_many_arguments)]
     fn hold(
         self: &Arc<Self>,
-        locker: &Locker,
         owner: Owner,
         key: &str,
         token: String,
@@ -317,7 +314,7 @@ impl LockerInner {
         // Only the watchdog needs a task; a fixed lease is a deadline compared when observed.
         let keeper = lease_ends.is_none().then(|| {
             tokio::spawn(watchdog(
-                Arc::clone(&locker.inner),
+                Arc::clone(self),
                 key.to_owned(),
                 token.clone(),
                 fence,
@@ -326,7 +323,7 @@ impl LockerInner {
             ))
         });
         let held = Arc::new(HeldLock {
-            locker: Arc::clone(&locker.inner),
+            locker: Arc::clone(self),
             key: key.to_owned(),
             token,
             fence,
