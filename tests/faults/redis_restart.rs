@@ -1,0 +1,7 @@
+//! Fault: not written yet.
+
+use crate::report::FaultRow;
+
+pub fn run() -> FaultRow {
+    todo!("fault redis_restart")
+}

@@ -1,0 +1,1 @@
+//! The overlap checker: not written yet.

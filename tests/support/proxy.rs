@@ -1,0 +1,1 @@
+//! The fault proxy: not written yet.

@@ -1,0 +1,1 @@
+//! Spawning torture_worker processes: not written yet.
