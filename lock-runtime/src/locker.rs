@@ -136,6 +136,10 @@ impl Locker {
     ///   joined inside one task (`join!`, `select!`) are one holder: spawn tasks for concurrency.
     /// - Cancel-safe: dropping the returned future never leaves the lock held.
     ///
+    /// - Bounded: returns within the wait, or within one response timeout when that is longer
+    ///   (the first attempt needs an answer, even with a wait of zero); after the first attempt
+    ///   nothing waits past the wait, not even a request that a stalled network swallowed.
+    ///
     /// Errors: [`LockError::NotAcquired`] after the wait, [`LockError::Backend`] at once on a
     /// connection or server fault, [`LockError::InvalidKey`] / [`LockError::InvalidOptions`].
     pub async fn acquire(
@@ -180,13 +184,25 @@ impl Locker {
             return Err(not_acquired());
         }
 
+        // From here on nothing waits past the deadline, not even a request the network swallowed
+        // (a request cut short sends its cleanup; see `attempt`). The last answer said "busy",
+        // so running out of time here is NotAcquired.
         // Subscribe BEFORE retrying, so a release between our retry and our sleep still wakes us.
-        let subscription = inner.backend.subscribe(key).await;
+        let Ok(subscription) =
+            tokio::time::timeout_at(deadline, inner.backend.subscribe(key)).await
+        else {
+            return Err(not_acquired());
+        };
         loop {
             let notified = subscription.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match inner.attempt(key, &token, lease).await? {
+            let Ok(attempt) =
+                tokio::time::timeout_at(deadline, inner.attempt(key, &token, lease)).await
+            else {
+                return Err(not_acquired());
+            };
+            match attempt? {
                 (Attempt::Acquired { fence }, sent_at) => {
                     return Ok(inner.hold(owner, key, token, fence, sent_at, started, options));
                 }
@@ -196,10 +212,7 @@ impl Locker {
                         return Err(not_acquired());
                     }
                     // Also retry when the holder's lease runs out: a crashed holder never publishes.
-                    let wake_at = match ttl {
-                        Some(ttl) => (now + ttl + Duration::from_millis(1)).min(deadline),
-                        None => deadline,
-                    };
+                    let wake_at = (now + ttl + Duration::from_millis(1)).min(deadline);
                     tokio::select! {
                         _ = &mut notified => {}
                         _ = tokio::time::sleep_until(wake_at) => {}
@@ -399,7 +412,21 @@ async fn watchdog(
             return;
         }
         let sent = Instant::now();
-        match inner.backend.renew(&key, &token, lease).await {
+        // A renewal the network swallowed must not hold the report back past the lease's end:
+        // from then on another holder may have the lock.
+        let renewed = tokio::select! {
+            renewed = inner.backend.renew(&key, &token, lease) => renewed,
+            () = tokio::time::sleep_until(expires) => {
+                HeldLock::mark_lost(
+                    &key,
+                    fence,
+                    &lost,
+                    "the lease ran out while a renewal got no answer",
+                );
+                return;
+            }
+        };
+        match renewed {
             Ok(true) => {
                 tracing::trace!(key, fence, "lock lease renewed");
                 expires = sent + lease;

@@ -45,7 +45,7 @@ impl MemoryBackend {
             && entry.expires > now
         {
             return Attempt::Busy {
-                ttl: Some(entry.expires - now),
+                ttl: entry.expires - now,
             };
         }
         state.locks.insert(

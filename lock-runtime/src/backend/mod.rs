@@ -19,8 +19,8 @@ pub(crate) mod redis;
 pub(crate) enum Attempt {
     /// The lock is ours, with this fencing number.
     Acquired { fence: u64 },
-    /// Someone else holds it; it expires in `ttl` unless renewed (`None`: no expiry known).
-    Busy { ttl: Option<Duration> },
+    /// Someone else holds it; it expires in `ttl` unless renewed.
+    Busy { ttl: Duration },
 }
 
 /// What a release found.

@@ -112,10 +112,12 @@ impl RedisBackend {
             [1, fence] if *fence > 0 => Ok(Attempt::Acquired {
                 fence: *fence as u64,
             }),
-            // PTTL -1: a key without expiry (not set by us); -2: it vanished meanwhile.
-            [0, pttl] => Ok(Attempt::Busy {
-                ttl: u64::try_from(*pttl).ok().map(Duration::from_millis),
+            [0, pttl] if *pttl >= 0 => Ok(Attempt::Busy {
+                ttl: Duration::from_millis(*pttl as u64),
             }),
+            // PTTL -1: the name holds a value without expiry. Every lock of ours has one, so
+            // something else wrote it, and waiting for it to be released would wait forever.
+            [0, -1] => Err(BackendError::NotALock(lock)),
             other => Err(BackendError::UnexpectedReply(format!(
                 "acquire script returned {other:?}"
             ))),

@@ -66,19 +66,20 @@ impl Waiters {
             channel: channel.clone(),
             reply,
         });
+        // Armed before the answer is awaited: a waiter that gives up meanwhile (its wait ran out
+        // while the subscriber connection was being made) still balances its Subscribe, which
+        // the actor handles first, as commands are handled in order.
+        let commands = self.commands.clone();
+        let unregister = Unregister::new(move || {
+            let _ = commands.send(Command::Unsubscribe { channel });
+        });
         // If the actor is gone (runtime shutting down) the waiter still works: it retries when
         // the holder's lease runs out.
         let notify = match (sent, answer.await) {
             (Ok(()), Ok(notify)) => notify,
             _ => Arc::new(Notify::new()),
         };
-        let commands = self.commands.clone();
-        Subscription::new(
-            notify,
-            Unregister::new(move || {
-                let _ = commands.send(Command::Unsubscribe { channel });
-            }),
-        )
+        Subscription::new(notify, unregister)
     }
 }
 
