@@ -57,7 +57,9 @@ fn main() {
             Trial::test(name, move || {
                 let row = run();
                 println!("{}", row.summary());
-                rows.lock().unwrap_or_else(|e| e.into_inner()).push((i, row));
+                rows.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((i, row));
                 Ok(())
             })
         })
