@@ -76,3 +76,24 @@ pub fn read_file(path: &Path) -> io::Result<Vec<Record>> {
     }
     Ok(records)
 }
+
+/// The fenced store of the paused-holder fault, as one Lua script: the kind of store the fencing
+/// token is for. KEYS[1] is a hash whose field `highest` is the highest token accepted so far;
+/// KEYS[2] (`fenced_store_log(KEYS[1])`) lists the accepted writes as "token:pid". ARGV[1] is the
+/// writer's fencing token, ARGV[2] its pid. A write is accepted (1) only with a token above every
+/// token accepted before; otherwise it is refused (0) and changes nothing. Tokens stay below 2^53
+/// (server microseconds at most), so Lua's numbers compare them exactly.
+pub const FENCED_WRITE_SCRIPT: &str = r"
+local highest = tonumber(redis.call('HGET', KEYS[1], 'highest') or '0')
+if tonumber(ARGV[1]) <= highest then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'highest', ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[1] .. ':' .. ARGV[2])
+return 1
+";
+
+/// The list of accepted writes of the fenced store `store` (same hash tag when `store` has one).
+pub fn fenced_store_log(store: &str) -> String {
+    format!("{store}:accepted")
+}
