@@ -467,7 +467,7 @@ fn validate_key(key: &str) -> Result<(), LockError> {
 fn new_token() -> Result<String, BackendError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(BackendError::Random)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(format!("{:032x}", u128::from_ne_bytes(bytes)))
 }
 
 enum Target {
