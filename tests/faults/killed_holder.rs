@@ -281,7 +281,7 @@ fn killed_while_waited_for(
 }
 
 /// Polls `condition` every millisecond until it holds, or panics after the setup timeout.
-fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
+pub fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
     let started = std::time::Instant::now();
     while !condition() {
         assert!(
@@ -294,7 +294,7 @@ fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
 
 /// How many times `command` ran on the server (INFO commandstats; commands run by scripts are
 /// counted under their own names, so `pexpire` counts the watchdog's renewals).
-fn command_calls(conn: &mut redis::Connection, command: &str) -> u64 {
+pub fn command_calls(conn: &mut redis::Connection, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(conn)
