@@ -116,6 +116,8 @@ async fn locker(url: String) -> Locker {
 struct Round {
     /// From the fault to the holder's loss report.
     loss_after_fault: Duration,
+    /// From the fault to the end of the lease on the server (its PTTL right after the fault).
+    server_lease_after_fault: Duration,
     /// How long before the direct waiter got the lock the holder was told (negative: after).
     loss_lead_ms: f64,
     /// The latest any acquire behind the fault returned, relative to its bound.
@@ -150,11 +152,12 @@ async fn network_cut() -> FaultRow {
     for kind in [Break::Cut, Break::Stall] {
         let round = round(kind, &server, &proxy, &lockers).await;
         println!(
-            "  {}: loss reported {:.0} ms after the fault, {:.1} ms before the direct waiter got \
+            "  {}: loss reported {:.0} ms after the fault (server lease ended at {:.0} ms), {:.1} ms before the direct waiter got \
              the lock; acquires behind it: {} (latest {:+.0} ms vs its bound); after heal: \
              reacquired in {:.1} ms, subscribed at {:.1} ms, wake-up in {:.1} ms, keys clean in {:.1} ms, {} reconnections",
             kind.name(),
             round.loss_after_fault.as_secs_f64() * 1e3,
+            round.server_lease_after_fault.as_secs_f64() * 1e3,
             round.loss_lead_ms,
             round.outcomes,
             round.worst_acquire_vs_bound_ms,
@@ -318,8 +321,11 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
     }
     wait_until_subscribed(server, &[(&busy_key, 2), (&held_key, 1)]).await;
 
+    let mut admin = server.client().await;
     kind.inject(proxy);
     let fault_at = Instant::now();
+    // Where the lease ends on the server, by its own count: nothing renews it from here on.
+    let server_lease_ends = fault_at + remaining_lease(&mut admin, &held_key).await;
 
     // Acquires started during the fault, one per locker through the proxy, on free keys with a
     // long lease: a stalled one reaches the server after the heal and must not stay locked.
@@ -364,6 +370,7 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
     ));
 
     let loss_after_fault = lost_at - fault_at;
+    let server_lease_after_fault = server_lease_ends - fault_at;
     let loss_lead_ms = signed_ms(acquired_at, lost_at);
     if lost_at >= acquired_at {
         broken.push(format!(
@@ -528,6 +535,7 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
 
     Round {
         loss_after_fault,
+        server_lease_after_fault,
         loss_lead_ms,
         worst_acquire_vs_bound_ms,
         outcomes,
@@ -586,6 +594,16 @@ fn section(key: &str, fence: u64, task: u32, enter_ns: u64, exit_ns: u64) -> Rec
         exit_ns,
         lost: false,
     }
+}
+
+/// How long the lock `key` has left on the server (its PTTL), read directly.
+async fn remaining_lease(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Duration {
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("lock:{{{key}}}"))
+        .query_async(conn)
+        .await
+        .expect("PTTL");
+    Duration::from_millis(pttl.max(0) as u64)
 }
 
 /// The Redis name of a lock's wake-up channel (default prefix).
