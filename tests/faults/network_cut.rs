@@ -116,8 +116,9 @@ async fn locker(url: String) -> Locker {
 struct Round {
     /// From the fault to the holder's loss report.
     loss_after_fault: Duration,
-    /// From the fault to the end of the lease on the server (its PTTL right after the fault).
-    server_lease_after_fault: Duration,
+    /// What the holder's lease had left on the server right after the holder was told (None:
+    /// it had ended there already).
+    server_left_at_report: Option<Duration>,
     /// How long before the direct waiter got the lock the holder was told (negative: after).
     loss_lead_ms: f64,
     /// The latest any acquire behind the fault returned, relative to its bound.
@@ -152,12 +153,13 @@ async fn network_cut() -> FaultRow {
     for kind in [Break::Cut, Break::Stall] {
         let round = round(kind, &server, &proxy, &lockers).await;
         println!(
-            "  {}: loss reported {:.0} ms after the fault (server lease ended at {:.0} ms), {:.1} ms before the direct waiter got \
-             the lock; acquires behind it: {} (latest {:+.0} ms vs its bound); after heal: \
-             reacquired in {:.1} ms, subscribed at {:.1} ms, wake-up in {:.1} ms, keys clean in {:.1} ms, {} reconnections",
+            "  {}: loss reported {:.0} ms after the fault (lease on the server: {}), \
+             {:.1} ms before the direct waiter got the lock; acquires behind it: {} (latest \
+             {:+.0} ms vs its bound); after heal: reacquired in {:.1} ms, subscribed at {:.1} ms, \
+             wake-up in {:.1} ms, keys clean in {:.1} ms, {} reconnections",
             kind.name(),
             round.loss_after_fault.as_secs_f64() * 1e3,
-            round.server_lease_after_fault.as_secs_f64() * 1e3,
+            left_on_server(round.server_left_at_report),
             round.loss_lead_ms,
             round.outcomes,
             round.worst_acquire_vs_bound_ms,
@@ -201,11 +203,13 @@ async fn network_cut() -> FaultRow {
         recovery: worst_recovery,
         notes: format!(
             "loss reported {:.1} ms (cut) / {:.1} ms (stall) before the direct waiter got the \
-             lock; every acquire behind the fault returned within max(wait, response timeout) \
-             (latest {:+.0} / {:+.0} ms vs bound); nothing left locked; lockers reconnected by \
-             themselves ({} / {} new connections)",
+             lock (lease on the server then: {} / {}); every acquire behind the fault returned \
+             within max(wait, response timeout) (latest {:+.0} / {:+.0} ms vs bound); nothing \
+             left locked; lockers reconnected by themselves ({} / {} new connections)",
             cut.loss_lead_ms,
             stall.loss_lead_ms,
+            left_on_server(cut.server_left_at_report),
+            left_on_server(stall.server_left_at_report),
             cut.worst_acquire_vs_bound_ms,
             stall.worst_acquire_vs_bound_ms,
             cut.reconnections,
@@ -277,9 +281,14 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
     let holder_fence = guard.fencing_token();
     let loss = {
         let lost = guard.lost();
+        let mut admin = server.client().await;
+        let key = held_key.clone();
         tokio::spawn(async move {
             lost.await;
-            (Instant::now(), monotonic_ns())
+            let (at, ns) = (Instant::now(), monotonic_ns());
+            // Where the server stood when the holder was told.
+            let left = lease_left_on_server(&mut admin, &key, holder_fence).await;
+            (at, ns, left)
         })
     };
     // Another holder, direct, keeps the waiters' key busy for longer than the fault.
@@ -321,11 +330,8 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
     }
     wait_until_subscribed(server, &[(&busy_key, 2), (&held_key, 1)]).await;
 
-    let mut admin = server.client().await;
     kind.inject(proxy);
     let fault_at = Instant::now();
-    // Where the lease ends on the server, by its own count: nothing renews it from here on.
-    let server_lease_ends = fault_at + remaining_lease(&mut admin, &held_key).await;
 
     // Acquires started during the fault, one per locker through the proxy, on free keys with a
     // long lease: a stalled one reaches the server after the heal and must not stay locked.
@@ -343,9 +349,10 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
     }
 
     // The holder's report and the direct waiter's acquire: the order is the promise.
-    let (lost_at, lost_ns) = within(HANG_BOUND, "the holder's loss report", loss)
-        .await
-        .expect("loss watcher");
+    let (lost_at, lost_ns, server_left_at_report) =
+        within(HANG_BOUND, "the holder's loss report", loss)
+            .await
+            .expect("loss watcher");
     let (acquired_at, successor_enter, successor_guard) =
         within(HANG_BOUND, "the direct waiter's acquire", successor)
             .await
@@ -370,7 +377,6 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
     ));
 
     let loss_after_fault = lost_at - fault_at;
-    let server_lease_after_fault = server_lease_ends - fault_at;
     let loss_lead_ms = signed_ms(acquired_at, lost_at);
     if lost_at >= acquired_at {
         broken.push(format!(
@@ -535,7 +541,7 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
 
     Round {
         loss_after_fault,
-        server_lease_after_fault,
+        server_left_at_report,
         loss_lead_ms,
         worst_acquire_vs_bound_ms,
         outcomes,
@@ -596,14 +602,31 @@ fn section(key: &str, fence: u64, task: u32, enter_ns: u64, exit_ns: u64) -> Rec
     }
 }
 
-/// How long the lock `key` has left on the server (its PTTL), read directly.
-async fn remaining_lease(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Duration {
-    let pttl: i64 = redis::cmd("PTTL")
+/// What the holder's lease (fencing number `fence`) has left on the server, read directly in
+/// one transaction; None when it has ended (expired, or taken by a later holder).
+async fn lease_left_on_server(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    fence: u64,
+) -> Option<Duration> {
+    let (pttl, latest): (i64, Option<u64>) = redis::pipe()
+        .atomic()
+        .cmd("PTTL")
         .arg(format!("lock:{{{key}}}"))
+        .cmd("GET")
+        .arg(format!("lock:{{{key}}}:fence"))
         .query_async(conn)
         .await
-        .expect("PTTL");
-    Duration::from_millis(pttl.max(0) as u64)
+        .expect("PTTL and fence");
+    let still_ours = latest == Some(fence) && pttl >= 0;
+    still_ours.then(|| Duration::from_millis(pttl as u64))
+}
+
+fn left_on_server(left: Option<Duration>) -> String {
+    match left {
+        Some(left) => format!("{} ms left", left.as_millis()),
+        None => "already ended".to_owned(),
+    }
 }
 
 /// The Redis name of a lock's wake-up channel (default prefix).
