@@ -24,6 +24,8 @@ use crate::support::redis_server::RedisServer;
 use crate::support::worker::{Lease, RunOutcome, RunSpec, start_run_workers};
 
 const DEFAULT_SECS: u64 = 15;
+/// The first stats sample comes after a second, and connections are counted once a second.
+const MIN_SECS: u64 = 3;
 const FIXED_PROCESSES: usize = 2;
 const WATCHDOG_PROCESSES: usize = 2;
 const TASKS: u32 = 16;
@@ -57,6 +59,11 @@ pub fn run() -> FaultRow {
             .unwrap_or_else(|_| panic!("TORTURE_SOAK_SECS={s:?}: expected whole seconds")),
         Err(_) => DEFAULT_SECS,
     };
+    assert!(
+        secs >= MIN_SECS,
+        "TORTURE_SOAK_SECS={secs}: at least {MIN_SECS} s, so that resources are sampled during \
+         the run"
+    );
     let duration = Duration::from_secs(secs);
     let server = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir for the records");
@@ -129,9 +136,14 @@ pub fn run() -> FaultRow {
             r.tasks_max
         );
     }
+    let (fewest, most) = (
+        samples.iter().copied().min().unwrap_or(0),
+        samples.iter().copied().max().unwrap_or(0),
+    );
     println!(
-        "  connections during the run {samples:?} (expected {expected_connections}), after {after}; \
-         lock keys left {leaked:?}"
+        "  connections during the run: {fewest} to {most} over {} samples (expected \
+         {expected_connections}), after: {after}; lock keys left: {leaked:?}",
+        samples.len()
     );
 
     assert_eq!(
@@ -186,7 +198,6 @@ pub fn run() -> FaultRow {
             r.tasks_max
         );
     }
-    let most = samples.iter().copied().max().unwrap_or(0);
     assert!(
         most <= expected_connections,
         "the workers held {most} connections at once; {CONNECTIONS_PER_WORKER} per worker \
