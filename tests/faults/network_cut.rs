@@ -223,9 +223,37 @@ struct Behind {
     who: String,
     started: Instant,
     ended: Instant,
-    result: Result<(), String>,
-    /// The error was Backend or NotAcquired (or, for a free key, Backend).
-    acceptable: bool,
+    outcome: Outcome,
+    /// On a free key NotAcquired would be a lie: nobody holds it.
+    free_key: bool,
+}
+
+enum Outcome {
+    Backend,
+    NotAcquired,
+    /// Anything else, as its message ("acquired" when it got through).
+    Other(String),
+}
+
+impl Outcome {
+    fn describe(&self) -> &str {
+        match self {
+            Outcome::Backend => "Backend",
+            Outcome::NotAcquired => "NotAcquired",
+            Outcome::Other(what) => what,
+        }
+    }
+}
+
+impl Behind {
+    /// Backend, or NotAcquired on a key someone holds.
+    fn acceptable(&self) -> bool {
+        match self.outcome {
+            Outcome::Backend => true,
+            Outcome::NotAcquired => !self.free_key,
+            Outcome::Other(_) => false,
+        }
+    }
 }
 
 /// Spawns an acquire of `key` that is expected to fail because of the fault.
@@ -239,27 +267,23 @@ fn behind_the_fault(
     let locker = locker.clone();
     tokio::spawn(async move {
         let started = Instant::now();
-        let outcome = locker.acquire(&key, options).await;
+        let result = locker.acquire(&key, options).await;
         let ended = Instant::now();
-        let acceptable = match &outcome {
-            Err(LockError::Backend { .. }) => true,
-            Err(LockError::NotAcquired { .. }) => !free_key,
-            _ => false,
-        };
-        let result = match outcome {
-            // Got through a broken network: release it, and say so below.
+        let outcome = match result {
+            Err(LockError::Backend { .. }) => Outcome::Backend,
+            Err(LockError::NotAcquired { .. }) => Outcome::NotAcquired,
+            Err(e) => Outcome::Other(e.to_string()),
             Ok(guard) => {
                 let _ = guard.release().await;
-                Ok(())
+                Outcome::Other("acquired".to_owned())
             }
-            Err(e) => Err(e.to_string()),
         };
         Behind {
             who,
             started,
             ended,
-            result,
-            acceptable,
+            outcome,
+            free_key,
         }
     })
 }
@@ -405,21 +429,17 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
         let took = b.ended - b.started;
         worst_acquire_vs_bound_ms = worst_acquire_vs_bound_ms
             .max(signed_ms(b.ended, b.started + WAIT.max(RESPONSE_TIMEOUT)));
-        match &b.result {
-            Err(e) if e.starts_with("lock backend error") => backend += 1,
-            Err(_) => not_acquired += 1,
-            Ok(()) => {}
+        match b.outcome {
+            Outcome::Backend => backend += 1,
+            Outcome::NotAcquired => not_acquired += 1,
+            Outcome::Other(_) => {}
         }
-        if !b.acceptable {
+        if !b.acceptable() {
             broken.push(format!(
-                "{name}: {} through the broken network returned {:?}; expected Backend{}",
+                "{name}: {} through the broken network returned {}; expected Backend{}",
                 b.who,
-                b.result,
-                if b.who.contains("free key") {
-                    ""
-                } else {
-                    " or NotAcquired"
-                }
+                b.outcome.describe(),
+                if b.free_key { "" } else { " or NotAcquired" }
             ));
         }
         if took > bound {
