@@ -612,3 +612,28 @@ async fn a_stalled_server_is_a_timeout_and_leaves_no_lock_behind() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A process paused past its lease (GC, SIGSTOP) resumes with its watchdog not yet run: the guard
+/// must still say the lease is gone at its first look, before any task gets to run. A blocked
+/// current-thread runtime is such a pause: nothing else runs while it sleeps.
+#[tokio::test(flavor = "current_thread")]
+async fn a_watchdog_holder_paused_past_its_lease_sees_the_loss_at_its_first_look() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(300);
+    let locker = Locker::builder(server.url())
+        .watchdog_lease(lease)
+        .build()
+        .await
+        .unwrap();
+    let guard = locker.acquire("paused", LockOptions::new()).await.unwrap();
+    assert!(!guard.is_lost());
+    std::thread::sleep(lease + Duration::from_millis(100)); // the pause: the watchdog cannot run
+    assert!(
+        guard.is_lost(),
+        "the lease ended during the pause, yet the guard says it holds"
+    );
+    assert!(matches!(
+        guard.release().await,
+        Err(LockError::LeaseLost { .. })
+    ));
+}

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -27,48 +28,71 @@ pub(crate) struct HeldLock {
     pub(crate) hold_at_least: Option<Duration>,
     /// Cancelled when the lease is lost. Never cancelled by a release.
     pub(crate) lost: CancellationToken,
-    /// A fixed lease's end (counted from when the acquire was sent, so never later than the
-    /// server's). No task watches it: `is_lost`, `lost()` and release compare against it.
-    pub(crate) lease_ends: Option<Instant>,
+    /// Where the lease ends by this client's clock (counted from when the acquire, or the last
+    /// successful renewal, was sent: never later than the server's end). Fixed for a fixed
+    /// lease, moved by the watchdog. `is_lost`, `lost()` and release compare against it, so a
+    /// holder that was paused past it knows at its first look, before any task has run.
+    pub(crate) lease_end: Arc<LeaseEnd>,
     /// The watchdog (watchdog mode only).
     pub(crate) keeper: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// The end of a lease by the client's clock, readable without a lock and moved by the watchdog.
+pub(crate) struct LeaseEnd {
+    base: Instant,
+    /// Nanoseconds after `base`.
+    after_base: AtomicU64,
+}
+
+impl LeaseEnd {
+    pub(crate) fn new(end: Instant) -> Self {
+        LeaseEnd {
+            base: end,
+            after_base: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn get(&self) -> Instant {
+        self.base + Duration::from_nanos(self.after_base.load(Ordering::Acquire))
+    }
+
+    /// Moves the end (never before the first one: a renewal only ever extends).
+    pub(crate) fn set(&self, end: Instant) {
+        let after = end.saturating_duration_since(self.base).as_nanos();
+        self.after_base
+            .store(u64::try_from(after).unwrap_or(u64::MAX), Ordering::Release);
+    }
+}
+
 impl HeldLock {
-    /// True once the lease is known lost: reported by the watchdog or a release, or a fixed
-    /// lease whose end has passed (marked, and logged, the first time it is seen).
+    /// True once the lease is known lost: reported by the watchdog or a release, or its end by
+    /// this client's clock has passed (marked, and logged, the first time it is seen).
     pub(crate) fn is_lost(&self) -> bool {
         if self.lost.is_cancelled() {
             return true;
         }
-        match self.lease_ends {
-            Some(ends) if Instant::now() >= ends => {
-                Self::mark_lost(
-                    &self.key,
-                    self.fence,
-                    &self.lost,
-                    "the fixed lease ran out before release",
-                );
-                true
-            }
-            _ => false,
+        if Instant::now() >= self.lease_end.get() {
+            Self::mark_lost(
+                &self.key,
+                self.fence,
+                &self.lost,
+                "the lease ran out before release (by this client's clock)",
+            );
+            return true;
         }
+        false
     }
 
     /// Resolves when the lease is lost.
     pub(crate) fn lost(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
         let held = Arc::clone(self);
         async move {
-            match held.lease_ends {
-                Some(ends) => {
-                    tokio::select! {
-                        () = held.lost.cancelled() => {}
-                        () = tokio::time::sleep_until(ends) => {
-                            held.is_lost();
-                        }
-                    }
+            // The end may move (a renewal) while we sleep: look again when it is reached.
+            while !held.is_lost() {
+                tokio::select! {
+                    () = held.lost.cancelled() => {}
+                    () = tokio::time::sleep_until(held.lease_end.get()) => {}
                 }
-                None => held.lost.cancelled().await,
             }
         }
     }

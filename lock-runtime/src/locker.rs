@@ -13,7 +13,7 @@ use crate::backend::redis::{RedisBackend, RedisSettings};
 use crate::backend::{Attempt, Backend};
 use crate::context::Owner;
 use crate::error::{BackendError, LockError};
-use crate::guard::{HeldLock, LockGuard};
+use crate::guard::{HeldLock, LeaseEnd, LockGuard};
 use crate::options::{LockOptions, MAX_DURATION, check_lease};
 
 /// The key prefix in Redis when none is set.
@@ -323,16 +323,19 @@ impl LockerInner {
         options: LockOptions,
     ) -> LockGuard {
         let lost = CancellationToken::new();
-        let lease_ends = options.lease_time().map(|lease| sent_at + lease);
+        let lease = options.lease_time();
+        let lease_end = Arc::new(LeaseEnd::new(
+            sent_at + lease.unwrap_or(self.watchdog_lease),
+        ));
         // Only the watchdog needs a task; a fixed lease is a deadline compared when observed.
-        let keeper = lease_ends.is_none().then(|| {
+        let keeper = lease.is_none().then(|| {
             tokio::spawn(watchdog(
                 Arc::clone(self),
                 key.to_owned(),
                 token.clone(),
                 fence,
                 lost.clone(),
-                sent_at,
+                Arc::clone(&lease_end),
             ))
         });
         let held = Arc::new(HeldLock {
@@ -344,7 +347,7 @@ impl LockerInner {
             acquired_at: Instant::now(),
             hold_at_least: options.hold_at_least_time(),
             lost,
-            lease_ends,
+            lease_end,
             keeper: Mutex::new(keeper),
         });
         lock(&self.held).insert((owner, key.to_owned()), (Arc::clone(&held), 1));
@@ -393,13 +396,13 @@ async fn watchdog(
     token: String,
     fence: u64,
     lost: CancellationToken,
-    sent_at: Instant,
+    lease_end: Arc<LeaseEnd>,
 ) {
     let lease = inner.watchdog_lease;
     let every = inner.renewal_interval;
     let retry = (every / 4).clamp(RENEW_RETRY_MIN, RENEW_RETRY_MAX);
-    let mut expires = sent_at + lease;
-    let mut next = sent_at + every;
+    let mut expires = lease_end.get();
+    let mut next = expires - lease + every;
     loop {
         tokio::time::sleep_until(next.min(expires)).await;
         if Instant::now() >= expires {
@@ -430,6 +433,7 @@ async fn watchdog(
             Ok(true) => {
                 tracing::trace!(key, fence, "lock lease renewed");
                 expires = sent + lease;
+                lease_end.set(expires);
                 next = sent + every;
             }
             Ok(false) => {
