@@ -259,22 +259,12 @@ fn paused_past_its_lease(
         "{name}: the paused holder's release must not have touched the second holder's lock: \
          {second_released:?}, lost {second_lost}"
     );
-    match variant {
-        // A fixed lease's end is a deadline the guard compares itself: known at once.
-        Variant::Fixed => assert!(
-            flag(&late_write, "lost_before"),
-            "{name}: after the pause, is_lost() should already be true: {late_write}"
-        ),
-        // Not asserted: with the watchdog, is_lost() only turns true once the watchdog task has
-        // run after the resume; the resumed holder's first command races it (about half of the
-        // runs here see false). The fenced store and the release's LeaseLost are what protect.
-        Variant::Watchdog if !flag(&late_write, "lost_before") => println!(
-            "  {name}: right after the resume is_lost() still said false, although the lease \
-             had ended {:.1} ms before (the watchdog task had not run yet)",
-            ms(cont_ns as i128 - expiry_ns as i128)
-        ),
-        Variant::Watchdog => {}
-    }
+    // Both kinds of lease: the guard compares its lease's end (fixed, or moved by the last
+    // renewal) itself, so it knows at its first look after the resume, before any task has run.
+    assert!(
+        flag(&late_write, "lost_before"),
+        "{name}: after the pause, is_lost() should already be true: {late_write}"
+    );
 
     let log: Vec<String> = redis::cmd("LRANGE")
         .arg(records::fenced_store_log(&store))
