@@ -391,7 +391,8 @@ async fn a_multi_overwrites_the_lock(a: &Locker, server: &RedisServer) -> String
         "the release deleted another client's value"
     );
     cmd(&mut other, &["DEL", "lock:{multi}"]).await;
-    format!("foreign MULTI/EXEC overwrote a held lock: the holder got LeaseLost, their value kept")
+    "foreign MULTI/EXEC overwrote a held lock: the holder got LeaseLost, their value kept"
+        .to_owned()
 }
 
 async fn busy_script(a: &Locker, server: &RedisServer) -> String {

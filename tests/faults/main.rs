@@ -31,8 +31,11 @@ use std::sync::{Arc, Mutex};
 use libtest_mimic::{Arguments, Trial};
 use report::FaultRow;
 
-/// Every fault, in report order: (test name, the fault's entry point).
-const FAULTS: &[(&str, fn() -> FaultRow)] = &[
+/// One fault: its test name, and its entry point.
+type Fault = (&'static str, fn() -> FaultRow);
+
+/// Every fault, in report order.
+const FAULTS: &[Fault] = &[
     ("f1_baseline", baseline::run),
     ("f2_killed_holder", killed_holder::run),
     ("f3_paused_holder", paused_holder::run),
