@@ -62,8 +62,8 @@ pub async fn scope_cancel_on_lost<F: Future>(
 }
 
 /// Releases after the body. `Err(LeaseLost)` whenever the lease was lost while held, however the
-/// release went; a release that could not reach the server is otherwise only logged (the lease's
-/// expiry frees the lock), so the body's result stands.
+/// release went; a release that got no answer is otherwise only logged (applied late, or freed by
+/// the lease's expiry), so the body's result stands.
 pub async fn finish(guard: LockGuard) -> Result<(), LockError> {
     let handle = guard.handle();
     let released = guard.release().await;

@@ -37,6 +37,13 @@ pub(crate) struct HeldLock {
     pub(crate) keeper: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Clocks drift and timers fire late: a client takes its lease as over this much before the
+/// server will (Redlock's allowance: 1 % of the lease plus 2 ms), so that a holder is told of the
+/// loss before another client can take the lock, not at the same moment.
+pub(crate) fn drift_allowance(lease: Duration) -> Duration {
+    lease / 100 + Duration::from_millis(2)
+}
+
 /// The end of a lease by the client's clock, readable without a lock and moved by the watchdog.
 pub(crate) struct LeaseEnd {
     base: Instant,
@@ -50,6 +57,11 @@ impl LeaseEnd {
             base: end,
             after_base: AtomicU64::new(0),
         }
+    }
+
+    /// The end, by this client's clock, of a lease whose request was sent at `sent`.
+    pub(crate) fn of(sent: Instant, lease: Duration) -> Instant {
+        sent + lease.saturating_sub(drift_allowance(lease))
     }
 
     pub(crate) fn get(&self) -> Instant {
@@ -232,8 +244,9 @@ impl LockGuard {
     /// (or shortens it to what remains of `hold_at_least`), and stops the watchdog first.
     ///
     /// Returns [`LockError::LeaseLost`] when the lease was lost while held: work done under it may
-    /// have overlapped another holder's. A [`LockError::Backend`] error means the release did not
-    /// reach the server; the lock then expires by its lease.
+    /// have overlapped another holder's. A [`LockError::Backend`] error means no answer came: the
+    /// release may still have been applied late, or not at all, in which case the lock expires
+    /// by its lease. Either way it is not this guard's any more.
     pub async fn release(mut self) -> Result<(), LockError> {
         self.released = true;
         let held = Arc::clone(&self.held);

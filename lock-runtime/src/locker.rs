@@ -324,9 +324,10 @@ impl LockerInner {
     ) -> LockGuard {
         let lost = CancellationToken::new();
         let lease = options.lease_time();
-        let lease_end = Arc::new(LeaseEnd::new(
-            sent_at + lease.unwrap_or(self.watchdog_lease),
-        ));
+        let lease_end = Arc::new(LeaseEnd::new(LeaseEnd::of(
+            sent_at,
+            lease.unwrap_or(self.watchdog_lease),
+        )));
         // Only the watchdog needs a task; a fixed lease is a deadline compared when observed.
         let keeper = lease.is_none().then(|| {
             tokio::spawn(watchdog(
@@ -335,6 +336,7 @@ impl LockerInner {
                 token.clone(),
                 fence,
                 lost.clone(),
+                sent_at,
                 Arc::clone(&lease_end),
             ))
         });
@@ -396,13 +398,14 @@ async fn watchdog(
     token: String,
     fence: u64,
     lost: CancellationToken,
+    sent_at: Instant,
     lease_end: Arc<LeaseEnd>,
 ) {
     let lease = inner.watchdog_lease;
     let every = inner.renewal_interval;
     let retry = (every / 4).clamp(RENEW_RETRY_MIN, RENEW_RETRY_MAX);
     let mut expires = lease_end.get();
-    let mut next = expires - lease + every;
+    let mut next = sent_at + every;
     loop {
         tokio::time::sleep_until(next.min(expires)).await;
         if Instant::now() >= expires {
@@ -432,7 +435,7 @@ async fn watchdog(
         match renewed {
             Ok(true) => {
                 tracing::trace!(key, fence, "lock lease renewed");
-                expires = sent + lease;
+                expires = LeaseEnd::of(sent, lease);
                 lease_end.set(expires);
                 next = sent + every;
             }
