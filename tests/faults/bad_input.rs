@@ -18,7 +18,7 @@ use redis::aio::MultiplexedConnection as Connection;
 use tokio::time::Instant;
 
 use crate::report::FaultRow;
-use crate::support::redis_server::RedisServer;
+use crate::support::redis_server::{RedisServer, lock_names};
 
 const LEASE: Duration = Duration::from_secs(10);
 /// Contention per key: tasks on each of two lockers, increments per task.
@@ -31,12 +31,7 @@ const LONG_WAIT: Duration = Duration::from_secs(20);
 const ERROR_BOUND: Duration = Duration::from_secs(5);
 
 pub fn run() -> FaultRow {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(bad_input())
+    crate::runtime().block_on(bad_input())
 }
 
 fn options() -> LockOptions {
@@ -515,16 +510,4 @@ async fn wait_gone(probe: &mut Connection, name: &str) {
         assert!(Instant::now() < deadline, "{name} was left behind");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-async fn lock_names(probe: &mut Connection) -> Vec<String> {
-    let names: Vec<String> = redis::cmd("KEYS")
-        .arg("lock:*")
-        .query_async(probe)
-        .await
-        .expect("KEYS in the test");
-    names
-        .into_iter()
-        .filter(|n| !n.ends_with(":fence"))
-        .collect()
 }

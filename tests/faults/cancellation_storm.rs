@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::report::FaultRow;
 use crate::support::checker;
 use crate::support::records::{Record, monotonic_ns};
-use crate::support::redis_server::RedisServer;
+use crate::support::redis_server::{RedisServer, lock_names};
 
 const STORM: usize = 1000;
 /// How many storm acquires are in flight at once.
@@ -37,12 +37,7 @@ const HOLD_MAX_US: u64 = 2_000;
 const DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 pub fn run() -> FaultRow {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(storm())
+    crate::runtime().block_on(storm())
 }
 
 #[derive(Default)]
@@ -307,19 +302,6 @@ async fn warm_up(locker: &Locker, key: &str, probe: &mut Connection) {
     }
     guard.release().await.expect("warm-up release");
     waiter.await.expect("warm-up waiter task");
-}
-
-/// Lock names left in Redis (the fencing counters `...:fence` stay by design).
-async fn lock_names(probe: &mut Connection) -> Vec<String> {
-    let names: Vec<String> = redis::cmd("KEYS")
-        .arg("lock:*")
-        .query_async(probe)
-        .await
-        .expect("KEYS in the test");
-    names
-        .into_iter()
-        .filter(|n| !n.ends_with(":fence"))
-        .collect()
 }
 
 /// Wake-up channels with a subscriber.

@@ -23,7 +23,7 @@ use tokio::runtime::Runtime;
 use crate::report::FaultRow;
 use crate::support::checker;
 use crate::support::records::{Record, monotonic_ns};
-use crate::support::redis_server::RedisServer;
+use crate::support::redis_server::{RedisServer, commandstat_calls};
 use crate::support::worker::{HoldSpec, HoldWorker, Lease, SETUP_TIMEOUT};
 
 const FIXED_LEASE: Duration = Duration::from_secs(3);
@@ -75,11 +75,7 @@ struct Outcome {
 }
 
 pub fn run() -> FaultRow {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = crate::runtime();
     let server = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir for the records");
 
@@ -292,17 +288,12 @@ pub fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
     }
 }
 
-/// How many times `command` ran on the server (INFO commandstats; commands run by scripts are
-/// counted under their own names, so `pexpire` counts the watchdog's renewals).
+/// How many times `command` ran on the server (commands run by scripts are counted under their
+/// own names, so `pexpire` counts the watchdog's renewals).
 pub fn command_calls(conn: &mut redis::Connection, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(conn)
         .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:");
-    info.lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.split(['=', ',']).nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    commandstat_calls(&info, command)
 }

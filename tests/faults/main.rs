@@ -47,6 +47,16 @@ const FAULTS: &[Fault] = &[
     ("f9_soak", soak::run),
 ];
 
+/// The runtime a fault runs on: several workers, so that a task blocked by the fault does not
+/// hold up the ones measuring it.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     // One fault at a time: see the module docs.

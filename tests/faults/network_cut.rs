@@ -28,7 +28,7 @@ use crate::report::FaultRow;
 use crate::support::checker;
 use crate::support::proxy::Proxy;
 use crate::support::records::{Record, monotonic_ns};
-use crate::support::redis_server::RedisServer;
+use crate::support::redis_server::{RedisServer, wait_until_unlocked};
 
 /// Short, so a trial takes seconds; the renewal leaves room for three renewals per lease.
 const WATCHDOG_LEASE: Duration = Duration::from_secs(2);
@@ -54,12 +54,7 @@ const HANG_BOUND: Duration = Duration::from_secs(10);
 const APP_RETRY: Duration = Duration::from_millis(10);
 
 pub fn run() -> FaultRow {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(network_cut())
+    crate::runtime().block_on(network_cut())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -548,7 +543,7 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
     // the heal, each acquire followed by its compare-and-delete.
     let mut touched = vec![held_key.clone(), busy_key.clone(), wake_key];
     touched.extend(fresh_keys);
-    let cleaned_after_heal = match wait_until_free(server, &touched, LONG_LEASE / 4).await {
+    let cleaned_after_heal = match wait_until_unlocked(server, &touched, LONG_LEASE / 4).await {
         Ok(()) => healed_at.elapsed(),
         Err(left) => {
             broken.push(format!(
@@ -674,35 +669,5 @@ async fn wait_until_subscribed(server: &RedisServer, keys: &[(&str, i64)]) {
             "the waiters never subscribed: {counts:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Waits until none of `keys` is locked; Err with the ones still locked after `bound`.
-async fn wait_until_free(
-    server: &RedisServer,
-    keys: &[String],
-    bound: Duration,
-) -> Result<(), Vec<String>> {
-    let mut conn = server.client().await;
-    let deadline = Instant::now() + bound;
-    loop {
-        let mut left = Vec::new();
-        for key in keys {
-            let exists: bool = redis::cmd("EXISTS")
-                .arg(format!("lock:{{{key}}}"))
-                .query_async(&mut conn)
-                .await
-                .expect("EXISTS");
-            if exists {
-                left.push(key.clone());
-            }
-        }
-        if left.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(left);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -81,11 +81,7 @@ struct Outcome {
 }
 
 pub fn run() -> FaultRow {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = crate::runtime();
     let server = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir for the records");
 

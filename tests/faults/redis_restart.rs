@@ -39,12 +39,7 @@ const APP_RETRY: Duration = Duration::from_millis(5);
 const HANG_BOUND: Duration = Duration::from_secs(10);
 
 pub fn run() -> FaultRow {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(restart())
+    crate::runtime().block_on(restart())
 }
 
 async fn locker(server: &RedisServer) -> Locker {

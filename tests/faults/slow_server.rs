@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::report::FaultRow;
 use crate::support::proxy::Proxy;
-use crate::support::redis_server::RedisServer;
+use crate::support::redis_server::{RedisServer, wait_until_unlocked};
 
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -52,12 +52,7 @@ const ASLEEP_PROBE: Duration = Duration::from_millis(100);
 const HANG_BOUND: Duration = Duration::from_secs(10);
 
 pub fn run() -> FaultRow {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(slow_server())
+    crate::runtime().block_on(slow_server())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,7 +300,7 @@ async fn one_way_of_slowing(setup: &Setup, how: Slowness) -> Figures {
     sections += 1;
     // The acquires did reach the server late (their fencing counters exist), and their locks
     // are gone: the compare-and-delete behind each one ran.
-    let cleaned = wait_until_free(&setup.server, &keys, CLEANUP_BOUND).await;
+    let cleaned = wait_until_unlocked(&setup.server, &keys, CLEANUP_BOUND).await;
     let cleaned_after_catch_up = caught_up.elapsed();
     if let Err(left) = cleaned {
         broken.push(format!(
@@ -345,7 +340,7 @@ async fn one_way_of_slowing(setup: &Setup, how: Slowness) -> Figures {
     setup.caught_up(slowed).await;
     // The release went out before the timeout: it runs late, and frees the lock long before
     // its 30 s lease would.
-    if let Err(left) = wait_until_free(&setup.server, &[release_key], CLEANUP_BOUND).await {
+    if let Err(left) = wait_until_unlocked(&setup.server, &[release_key], CLEANUP_BOUND).await {
         broken.push(format!(
             "{name}: the timed-out release never ran: {left:?} still locked {CLEANUP_BOUND:?} \
              after the server caught up"
@@ -464,34 +459,4 @@ async fn fence_counters(server: &RedisServer, keys: &[String]) -> usize {
         n += usize::from(exists);
     }
     n
-}
-
-/// Waits until none of `keys` is locked; Err with the ones still locked after `bound`.
-async fn wait_until_free(
-    server: &RedisServer,
-    keys: &[String],
-    bound: Duration,
-) -> Result<(), Vec<String>> {
-    let mut conn = server.client().await;
-    let deadline = Instant::now() + bound;
-    loop {
-        let mut left = Vec::new();
-        for key in keys {
-            let exists: bool = redis::cmd("EXISTS")
-                .arg(format!("lock:{{{key}}}"))
-                .query_async(&mut conn)
-                .await
-                .expect("EXISTS");
-            if exists {
-                left.push(key.clone());
-            }
-        }
-        if left.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(left);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

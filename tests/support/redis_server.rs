@@ -123,12 +123,7 @@ impl RedisServer {
             .query_async(&mut conn)
             .await
             .expect("INFO commandstats");
-        let prefix = format!("cmdstat_{command}:");
-        info.lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.split(['=', ',']).nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        commandstat_calls(&info, command)
     }
 
     /// SIGKILL: the server dies at once, losing everything (no persistence).
@@ -189,4 +184,59 @@ pub fn binary() -> PathBuf {
                  or point REDIS_SERVER at the binary"
             )
         })
+}
+
+/// How many times `command` ran, from the text of `INFO commandstats`.
+pub fn commandstat_calls(info: &str, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:");
+    info.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.split(['=', ',']).nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The locks present in Redis under the default prefix. The fencing counters (`...:fence`) are
+/// left out: they stay by design. KEYS is fine in a test; the library never uses it.
+pub async fn lock_names(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg("lock:*")
+        .query_async(conn)
+        .await
+        .expect("KEYS in the test");
+    names
+        .into_iter()
+        .filter(|n| !n.ends_with(":fence"))
+        .collect()
+}
+
+/// Waits until none of `keys` is locked (a background release or cleanup is a round trip away);
+/// Err with the ones still locked after `bound`.
+pub async fn wait_until_unlocked(
+    server: &RedisServer,
+    keys: &[String],
+    bound: Duration,
+) -> Result<(), Vec<String>> {
+    let mut conn = server.client().await;
+    let deadline = Instant::now() + bound;
+    loop {
+        let mut left = Vec::new();
+        for key in keys {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(format!("lock:{{{key}}}"))
+                .query_async(&mut conn)
+                .await
+                .expect("EXISTS");
+            if exists {
+                left.push(key.clone());
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(left);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
