@@ -52,7 +52,8 @@ struct Resources {
     tasks_max: u64,
 }
 
-pub fn run() -> FaultRow {
+/// The soak's length in seconds: `TORTURE_SOAK_SECS`, or the CI default.
+pub fn seconds() -> u64 {
     let secs = match std::env::var("TORTURE_SOAK_SECS") {
         Ok(s) => s
             .parse()
@@ -64,6 +65,11 @@ pub fn run() -> FaultRow {
         "TORTURE_SOAK_SECS={secs}: at least {MIN_SECS} s, so that resources are sampled during \
          the run"
     );
+    secs
+}
+
+pub fn run() -> FaultRow {
+    let secs = seconds();
     let duration = Duration::from_secs(secs);
     let server = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir for the records");
