@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,21 +12,6 @@ use distributed_lock::{LockError, Locker, distributed_lock};
 use redis::AsyncCommands;
 use support::redis_server::RedisServer;
 use tokio::sync::Barrier;
-
-/// The example binary `cargo test` builds next to the test binaries.
-fn scheduler() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let bin = dir.join("examples").join("scheduler");
-    assert!(
-        bin.is_file(),
-        "{bin:?} missing: build it with `cargo build --example scheduler`"
-    );
-    bin
-}
 
 struct Run {
     summary: HashMap<String, f64>,
@@ -42,7 +26,7 @@ fn run_replicas(
     skews_ms: &[u64],
     locked: bool,
 ) -> Run {
-    let bin = scheduler();
+    let bin = support::worker::example("scheduler");
     let url = server.url();
     let mut children = Vec::new();
     for (i, skew) in skews_ms.iter().enumerate() {

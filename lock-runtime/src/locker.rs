@@ -404,9 +404,9 @@ async fn watchdog(
     let lease = inner.watchdog_lease;
     let every = inner.renewal_interval;
     let retry = (every / 4).clamp(RENEW_RETRY_MIN, RENEW_RETRY_MAX);
-    let mut expires = lease_end.get();
     let mut next = sent_at + every;
     loop {
+        let expires = lease_end.get();
         tokio::time::sleep_until(next.min(expires)).await;
         if Instant::now() >= expires {
             HeldLock::mark_lost(
@@ -435,8 +435,7 @@ async fn watchdog(
         match renewed {
             Ok(true) => {
                 tracing::trace!(key, fence, "lock lease renewed");
-                expires = LeaseEnd::of(sent, lease);
-                lease_end.set(expires);
+                lease_end.set(LeaseEnd::of(sent, lease));
                 next = sent + every;
             }
             Ok(false) => {

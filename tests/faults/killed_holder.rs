@@ -42,31 +42,6 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Redis reports PTTL in whole milliseconds.
 const PTTL_RESOLUTION_NS: u64 = 1_000_000;
 
-#[derive(Clone, Copy)]
-enum Variant {
-    Fixed,
-    Watchdog,
-}
-
-impl Variant {
-    fn name(self) -> &'static str {
-        match self {
-            Variant::Fixed => "fixed lease",
-            Variant::Watchdog => "watchdog",
-        }
-    }
-
-    fn lease(self) -> Lease {
-        match self {
-            Variant::Fixed => Lease::Fixed(FIXED_LEASE),
-            Variant::Watchdog => Lease::Watchdog {
-                lease: WATCHDOG_LEASE,
-                renewal: RENEWAL,
-            },
-        }
-    }
-}
-
 /// What one variant measured (CLOCK_MONOTONIC ns).
 struct Outcome {
     holder: Record,
@@ -79,8 +54,16 @@ pub fn run() -> FaultRow {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir for the records");
 
-    let fixed = killed_while_waited_for(&rt, &server, dir.path(), Variant::Fixed);
-    let watchdog = killed_while_waited_for(&rt, &server, dir.path(), Variant::Watchdog);
+    let fixed = killed_while_waited_for(&rt, &server, dir.path(), Lease::Fixed(FIXED_LEASE));
+    let watchdog = killed_while_waited_for(
+        &rt,
+        &server,
+        dir.path(),
+        Lease::Watchdog {
+            lease: WATCHDOG_LEASE,
+            renewal: RENEWAL,
+        },
+    );
 
     let records = [
         fixed.holder.clone(),
@@ -121,9 +104,9 @@ fn killed_while_waited_for(
     rt: &Runtime,
     server: &RedisServer,
     dir: &Path,
-    variant: Variant,
+    lease: Lease,
 ) -> Outcome {
-    let key = format!("killed:{}", variant.name().replace(' ', "-"));
+    let key = format!("killed:{}", lease.name().replace(' ', "-"));
     let lock_name = format!("{DEFAULT_KEY_PREFIX}{{{key}}}");
     let mut inspect = redis::Client::open(server.url())
         .and_then(|c| c.get_connection())
@@ -137,7 +120,7 @@ fn killed_while_waited_for(
         &server.url(),
         &key,
         &dir.join(format!("{key}.jsonl")),
-        variant.lease(),
+        lease,
     ));
     let acquired = holder.acquired(SETUP_TIMEOUT);
 
@@ -162,7 +145,7 @@ fn killed_while_waited_for(
         },
         "the waiter to subscribe to the lock's release channel",
     );
-    if let Variant::Watchdog = variant {
+    if let Lease::Watchdog { .. } = lease {
         wait_until(
             || command_calls(&mut inspect, "pexpire") - renewals_before >= RENEWALS_BEFORE_KILL,
             "the watchdog's renewals",
@@ -182,7 +165,7 @@ fn killed_while_waited_for(
     assert!(
         pttl > 0,
         "{}: right after the kill the dead holder's lock should still be there, PTTL {pttl}",
-        variant.name()
+        lease.name()
     );
     let expiry_ns = pttl_sent_ns + pttl as u64 * 1_000_000;
 
@@ -190,7 +173,7 @@ fn killed_while_waited_for(
     let guard = guard.unwrap_or_else(|e| {
         panic!(
             "{}: the waiter did not get the dead holder's lock: {e}",
-            variant.name()
+            lease.name()
         )
     });
     let waiter_fence = guard.fencing_token();
@@ -206,7 +189,7 @@ fn killed_while_waited_for(
         "  {}: holder acquired (fence {}), killed {:.1} ms later; lock expired on the server \
          {:.1} ms after the kill; waiter acquired (fence {waiter_fence}) {:.1} ms after the \
          kill, {:.2} ms after the expiry",
-        variant.name(),
+        lease.name(),
         acquired.fence,
         ms(kill_ns as i128 - acquired.enter_ns as i128),
         ms(expiry_ns as i128 - kill_ns as i128),
@@ -218,15 +201,15 @@ fn killed_while_waited_for(
     assert!(
         waiter_enter_ns + PTTL_RESOLUTION_NS >= expiry_ns,
         "{}: the waiter got the lock {:.1} ms before the dead holder's lease expired on the server",
-        variant.name(),
+        lease.name(),
         ms(expiry_ns as i128 - waiter_enter_ns as i128)
     );
-    let (earliest, latest) = match variant {
-        Variant::Fixed => (
+    let (earliest, latest) = match lease {
+        Lease::Fixed(_) => (
             acquired.sent_ns + FIXED_LEASE.as_nanos() as u64,
             acquired.enter_ns + (FIXED_LEASE + MARGIN).as_nanos() as u64,
         ),
-        Variant::Watchdog => (
+        Lease::Watchdog { .. } => (
             kill_ns + (WATCHDOG_LEASE - RENEWAL - LATE_RENEWAL).as_nanos() as u64,
             kill_ns + (WATCHDOG_LEASE + MARGIN).as_nanos() as u64,
         ),
@@ -235,22 +218,22 @@ fn killed_while_waited_for(
         waiter_enter_ns >= earliest,
         "{}: the waiter got the lock {:.1} ms before the earliest moment the dead holder's lease \
          could end",
-        variant.name(),
+        lease.name(),
         ms(earliest as i128 - waiter_enter_ns as i128)
     );
     assert!(
         waiter_enter_ns <= latest,
         "{}: the waiter got the lock {:.1} ms after the dead holder's lease ended (bound {MARGIN:?})",
-        variant.name(),
+        lease.name(),
         ms(recovery_ns)
     );
     assert!(
         waiter_fence > acquired.fence,
         "{}: the waiter's token {waiter_fence} is not above the dead holder's {}",
-        variant.name(),
+        lease.name(),
         acquired.fence
     );
-    assert!(!lost, "{}: the waiter's own lease was lost", variant.name());
+    assert!(!lost, "{}: the waiter's own lease was lost", lease.name());
 
     Outcome {
         // The dead holder's section, as far as anyone can tell: from its acquire to its death.

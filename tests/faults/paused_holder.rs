@@ -44,31 +44,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Redis reports PTTL in whole milliseconds.
 const PTTL_RESOLUTION_NS: u64 = 1_000_000;
 
-#[derive(Clone, Copy)]
-enum Variant {
-    Fixed,
-    Watchdog,
-}
-
-impl Variant {
-    fn name(self) -> &'static str {
-        match self {
-            Variant::Fixed => "fixed lease",
-            Variant::Watchdog => "watchdog",
-        }
-    }
-
-    fn lease(self) -> Lease {
-        match self {
-            Variant::Fixed => Lease::Fixed(FIXED_LEASE),
-            Variant::Watchdog => Lease::Watchdog {
-                lease: WATCHDOG_LEASE,
-                renewal: RENEWAL,
-            },
-        }
-    }
-}
-
 struct Outcome {
     sections: u64,
     overlaps: u64,
@@ -85,8 +60,16 @@ pub fn run() -> FaultRow {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir for the records");
 
-    let fixed = paused_past_its_lease(&rt, &server, dir.path(), Variant::Fixed);
-    let watchdog = paused_past_its_lease(&rt, &server, dir.path(), Variant::Watchdog);
+    let fixed = paused_past_its_lease(&rt, &server, dir.path(), Lease::Fixed(FIXED_LEASE));
+    let watchdog = paused_past_its_lease(
+        &rt,
+        &server,
+        dir.path(),
+        Lease::Watchdog {
+            lease: WATCHDOG_LEASE,
+            renewal: RENEWAL,
+        },
+    );
 
     let is_lost = |o: &Outcome| if o.lost_before_write { "true" } else { "false" };
     FaultRow {
@@ -117,13 +100,8 @@ pub fn run() -> FaultRow {
     }
 }
 
-fn paused_past_its_lease(
-    rt: &Runtime,
-    server: &RedisServer,
-    dir: &Path,
-    variant: Variant,
-) -> Outcome {
-    let name = variant.name();
+fn paused_past_its_lease(rt: &Runtime, server: &RedisServer, dir: &Path, lease: Lease) -> Outcome {
+    let name = lease.name();
     let slug = name.replace(' ', "-");
     let key = format!("paused:{slug}");
     let lock_name = format!("{DEFAULT_KEY_PREFIX}{{{key}}}");
@@ -142,7 +120,7 @@ fn paused_past_its_lease(
         &server.url(),
         &key,
         &records_dir.join("paused.jsonl"),
-        variant.lease(),
+        lease,
     ));
     let first = paused.acquired(SETUP_TIMEOUT);
     paused.send(&format!("write {store}"));
@@ -151,7 +129,7 @@ fn paused_past_its_lease(
         flag(&write, "accepted") && !flag(&write, "lost_before"),
         "{name}: the holder's first fenced write, inside its lease, should be accepted: {write}"
     );
-    if let Variant::Watchdog = variant {
+    if let Lease::Watchdog { .. } = lease {
         wait_until(
             || command_calls(&mut inspect, "pexpire") > renewals_before,
             "the watchdog's first renewal",
@@ -220,7 +198,7 @@ fn paused_past_its_lease(
          on the server",
         ms(-recovery_ns)
     );
-    if let Variant::Fixed = variant {
+    if let Lease::Fixed(_) = lease {
         assert!(
             second_enter_ns >= first.sent_ns + FIXED_LEASE.as_nanos() as u64,
             "{name}: the second holder got the lock before the earliest end of the paused \

@@ -17,20 +17,24 @@ use serde_json::Value;
 /// 2-core machine.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The example binary `cargo test` builds next to the test binaries.
-pub fn binary() -> PathBuf {
+/// An example binary, which `cargo test` builds next to the test binaries.
+pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target dir");
-    let bin = dir.join("examples").join("torture_worker");
+    let bin = dir.join("examples").join(name);
     assert!(
         bin.is_file(),
-        "{bin:?} missing: build it with `cargo build --example torture_worker` \
-         (`cargo test` builds it too)"
+        "{bin:?} missing: build it with `cargo build --example {name}` (`cargo test` builds it too)"
     );
     bin
+}
+
+/// The torture worker binary.
+pub fn binary() -> PathBuf {
+    example("torture_worker")
 }
 
 /// How a worker holds its locks.
@@ -43,6 +47,14 @@ pub enum Lease {
 }
 
 impl Lease {
+    /// "fixed lease" or "watchdog", for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Lease::Fixed(_) => "fixed lease",
+            Lease::Watchdog { .. } => "watchdog",
+        }
+    }
+
     fn args(&self) -> Vec<String> {
         match *self {
             Lease::Fixed(lease) => vec!["--lease".into(), human(lease)],
