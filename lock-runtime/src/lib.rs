@@ -31,9 +31,10 @@
 //! ([`LockGuard::lost`], [`LockGuard::release`] returning [`LockError::LeaseLost`]). It counts its
 //! lease from when the request was sent, less a drift allowance of 1 % + 2 ms (Redlock's), so its
 //! own view of the lease ends before the server's: it is told before another client can get in.
-//! A single Redis server that loses its data (restart without persistence, failover to a replica that missed the
-//! write) can let a second holder in while the first still works: the first is told, but only the
-//! fencing token, checked by the store you write to, makes its late writes harmless.
+//! A single Redis server that loses its data (restart without persistence, failover to a replica
+//! that missed the write) can let a second holder in while the first still works: the first is
+//! told, but only the fencing token, checked by the store you write to, makes its late writes
+//! harmless.
 #![warn(missing_docs)]
 
 mod backend;
