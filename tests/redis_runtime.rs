@@ -637,3 +637,156 @@ async fn a_watchdog_holder_paused_past_its_lease_sees_the_loss_at_its_first_look
         Err(LockError::LeaseLost { .. })
     ));
 }
+
+/// Polls `INFO commandstats` until `command` has run `calls` times in all.
+async fn wait_for_calls(server: &RedisServer, command: &str, calls: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = server.command_calls(command).await;
+        if now >= calls {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{command}: {now} of {calls} calls"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_release_hands_the_lock_to_local_waiters_in_arrival_order_up_to_the_limit() {
+    const WAITERS: usize = 20;
+    let limit = distributed_lock::DEFAULT_MAX_HANDOVERS_IN_A_ROW;
+    // The control turns hand-overs off: every release publishes, and every woken waiter asks again.
+    for handovers in [0, limit] {
+        let server = RedisServer::start();
+        let locker = Locker::builder(server.url())
+            .max_handovers_in_a_row(handovers)
+            .build()
+            .await
+            .unwrap();
+        let options = LockOptions::new()
+            .wait(Duration::from_secs(20))
+            .lease(Duration::from_secs(30));
+        let holder = locker.acquire("hand", options).await.unwrap();
+        let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for i in 0..WAITERS {
+            let (locker, taken) = (locker.clone(), taken.clone());
+            let before = server.command_calls("evalsha").await;
+            waiters.push(tokio::spawn(async move {
+                let guard = locker.acquire("hand", options).await.unwrap();
+                taken.lock().unwrap().push((i, guard.fencing_token()));
+                tokio::task::yield_now().await;
+                guard.release().await.unwrap();
+            }));
+            // Its second attempt runs after it queued and subscribed: the queue order is 0, 1, ...
+            wait_for_calls(&server, "evalsha", before + 2).await;
+        }
+        let (publish, evalsha) = (
+            server.command_calls("publish").await,
+            server.command_calls("evalsha").await,
+        );
+        holder.release().await.unwrap();
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        let publishes = server.command_calls("publish").await - publish;
+        let scripts = server.command_calls("evalsha").await - evalsha;
+        let taken = taken.lock().unwrap().clone();
+        assert_eq!(taken.len(), WAITERS);
+        assert!(
+            taken.windows(2).all(|w| w[0].1 < w[1].1),
+            "fencing numbers grow: {taken:?}"
+        );
+        let releases = WAITERS as u64 + 1;
+        if handovers == 0 {
+            assert_eq!(publishes, releases, "every release publishes");
+            assert_eq!(
+                scripts,
+                releases + WAITERS as u64,
+                "every waiter asks again"
+            );
+            continue;
+        }
+        // The holders come in runs: one that took the lock free, then `limit` handed it in a
+        // row (the first run to waiters 0, 1, ... in arrival order). The last of a run releases
+        // for everyone (the limit, or nobody left queued) and the waiter its message wakes takes
+        // the lock free. Only those woken waiters ask again.
+        let runs = releases.div_ceil(u64::from(limit) + 1);
+        let first: Vec<usize> = taken.iter().take(limit as usize).map(|t| t.0).collect();
+        assert_eq!(
+            first,
+            (0..limit as usize).collect::<Vec<_>>(),
+            "arrival order"
+        );
+        assert_eq!(
+            publishes, runs,
+            "a release for everyone after {limit} hand-overs"
+        );
+        assert_eq!(scripts, releases + runs - 1, "one script per section");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_hand_overs_do_not_starve_a_waiter_of_another_locker() {
+    // Six tasks of one locker want the lock all the time (1 ms of work under it, 1 ms outside),
+    // so whenever one releases, others of its process are queued. The control has no limit: the
+    // process hands the lock around forever and the other locker's waiter (woken only by a
+    // release message, or by the 30 s lease running out) never gets in.
+    const TASKS: u64 = 6;
+    for (handovers, wait) in [
+        (u32::MAX, Duration::from_secs(1)),
+        (
+            distributed_lock::DEFAULT_MAX_HANDOVERS_IN_A_ROW,
+            Duration::from_secs(20),
+        ),
+    ] {
+        let server = RedisServer::start();
+        let busy = Locker::builder(server.url())
+            .max_handovers_in_a_row(handovers)
+            .build()
+            .await
+            .unwrap();
+        let other = Locker::connect(&server.url()).await.unwrap();
+        let options = LockOptions::new()
+            .wait(Duration::from_secs(30))
+            .lease(Duration::from_secs(30));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let (busy, stop) = (busy.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let guard = busy.acquire("busy", options).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(1)).await; // work under the lock
+                        guard.release().await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(1)).await; // work outside it
+                    }
+                })
+            })
+            .collect();
+        // All are in: one took the lock, the others asked twice (before and after queueing).
+        wait_for_calls(&server, "evalsha", 1 + (TASKS - 1) * 2).await;
+        let started = Instant::now();
+        let got_in = other
+            .acquire(
+                "busy",
+                LockOptions::new().wait(wait).lease(Duration::from_secs(30)),
+            )
+            .await;
+        let waited = started.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match (handovers, got_in) {
+            (u32::MAX, Err(LockError::NotAcquired { .. })) => {}
+            (u32::MAX, other) => panic!("control: expected starvation, got {other:?}"),
+            (_, Ok(guard)) => guard.release().await.unwrap(),
+            (_, Err(e)) => panic!("the other locker's waiter starved: {e}"),
+        }
+        eprintln!("limit {handovers}: the other locker waited {waited:?}");
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+}

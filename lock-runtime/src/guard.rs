@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::Released;
 use crate::context::{self, Owner};
-use crate::error::LockError;
+use crate::error::{BackendError, LockError};
+use crate::handoff::Handed;
 use crate::locker::LockerInner;
 
 /// The shared state of one acquisition in Redis. Re-entrant guards of the same task share it.
@@ -26,6 +27,8 @@ pub(crate) struct HeldLock {
     /// When `acquire` returned; `hold_at_least` counts from here.
     pub(crate) acquired_at: Instant,
     pub(crate) hold_at_least: Option<Duration>,
+    /// How many hand-overs in a row led to this holder (0: it took the lock free).
+    pub(crate) handovers_in_a_row: u32,
     /// Cancelled when the lease is lost. Never cancelled by a release.
     pub(crate) lost: CancellationToken,
     /// Where the lease ends by this client's clock (counted from when the acquire, or the last
@@ -138,9 +141,7 @@ impl HeldLock {
             .and_then(|hold| hold.checked_sub(self.acquired_at.elapsed()))
             .filter(|rest| !rest.is_zero());
         let released = self
-            .locker
-            .backend
-            .release(&self.key, &self.token, keep)
+            .hand_over_or_release(keep)
             .await
             .map_err(|e| LockError::backend(Some(&self.key), e))?;
         match released {
@@ -163,6 +164,47 @@ impl HeldLock {
                     "at release the lock had expired or belonged to another holder",
                 );
                 Err(self.lease_lost())
+            }
+        }
+    }
+
+    /// Passes the lock to the next task of this locker that waits for it, if there is one and
+    /// the hand-overs in a row allow; otherwise releases it (or keeps it for `keep`).
+    async fn hand_over_or_release(&self, keep: Option<Duration>) -> Result<Released, BackendError> {
+        let locker = &self.locker;
+        let next = match keep {
+            None if self.handovers_in_a_row < locker.max_handovers_in_a_row => {
+                locker.queues.next_in_line(&self.key)
+            }
+            _ => None,
+        };
+        let Some(next) = next else {
+            return locker.backend.release(&self.key, &self.token, keep).await;
+        };
+        let sent_at = Instant::now();
+        let handed = locker
+            .backend
+            .hand_over(&self.key, &self.token, &next.token, next.lease)
+            .await;
+        match handed {
+            Ok(Some(fence)) => {
+                let in_a_row = self.handovers_in_a_row + 1;
+                tracing::debug!(key = %self.key, fence, in_a_row, "lock handed over to a waiting task");
+                let handed = Handed::new(locker, &self.key, &next.token, fence, sent_at, in_a_row);
+                next.hand(handed);
+                Ok(Released::Done)
+            }
+            // `next` is dropped: its task learns that nothing was handed, and asks again.
+            Ok(None) => Ok(Released::NotOwner),
+            Err(error) => {
+                // No answer: the lock may have passed to `next`, whose task is told nothing was
+                // handed and asks again; so give it up on the task's behalf.
+                locker.release_in_background(
+                    self.key.clone(),
+                    next.token.clone(),
+                    "a hand-over that got no answer",
+                );
+                Err(error)
             }
         }
     }

@@ -21,9 +21,15 @@
 //! - **release**: if `GET P{K} == token`: `DEL` (or `PEXPIRE` to what remains of
 //!   `hold_at_least`) and `PUBLISH P{K}:released`. A non-owner changes nothing.
 //! - **renew** (watchdog, every renewal interval): if `GET P{K} == token`: `PEXPIRE lease`.
+//! - **hand-over** (the acquire script with the releaser's token as a third argument): if
+//!   `GET P{K} == releaser's token`: `SET P{K} waiter's token PX lease`, `INCR P{K}:fence`.
 //!
 //! Waiters subscribe to `P{K}:released` before retrying, through one subscriber connection per
 //! [`Locker`] shared by all waiting tasks, and sleep until a message or the holder's expiry.
+//! Tasks of one [`Locker`] that wait for the same key also queue in arrival order: a release
+//! through that locker passes the lock straight to the first of them (a hand-over: one round
+//! trip, no message), up to [`LockerBuilder::max_handovers_in_a_row`] times in a row; then it
+//! releases for everyone, so waiters in other processes get their chance.
 //!
 //! # Guarantees and their limits
 //!
@@ -41,6 +47,7 @@ mod backend;
 mod context;
 mod error;
 mod guard;
+mod handoff;
 mod locker;
 mod options;
 
@@ -55,7 +62,8 @@ pub use context::current;
 pub use error::{BackendError, LockError};
 pub use guard::{LockGuard, LockHandle};
 pub use locker::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_WATCHDOG_LEASE,
-    Locker, LockerBuilder, MAX_KEY_LEN, default_locker, install,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_HANDOVERS_IN_A_ROW,
+    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_WATCHDOG_LEASE, Locker, LockerBuilder, MAX_KEY_LEN,
+    default_locker, install,
 };
 pub use options::{DEFAULT_WAIT, LockOptions, MAX_DURATION, MIN_LEASE};

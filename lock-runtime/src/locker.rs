@@ -14,6 +14,7 @@ use crate::backend::{Attempt, Backend};
 use crate::context::Owner;
 use crate::error::{BackendError, LockError};
 use crate::guard::{HeldLock, LeaseEnd, LockGuard};
+use crate::handoff::{Claimed, Queues};
 use crate::options::{LockOptions, MAX_DURATION, check_lease};
 
 /// The key prefix in Redis when none is set.
@@ -27,6 +28,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest key accepted, in bytes: a longer one is almost surely a value passed by mistake.
 pub const MAX_KEY_LEN: usize = 1024;
+
+/// How many times in a row a release may pass the lock straight to a waiting task of the same
+/// locker before it releases for everyone, so that waiters in other processes get a chance at
+/// least every fifth section; see [`LockerBuilder::max_handovers_in_a_row`].
+pub const DEFAULT_MAX_HANDOVERS_IN_A_ROW: u32 = 4;
 
 /// Bounds for the pause before retrying a failed renewal: short enough to renew before the lease
 /// runs out, long enough not to hammer a server that is down.
@@ -62,12 +68,15 @@ pub(crate) struct LockerInner {
     pub(crate) runtime: Option<tokio::runtime::Handle>,
     /// Locks held through this locker, per owning task: the re-entrancy table.
     held: Mutex<HeldTable>,
+    /// Tasks of this locker waiting for a lock, for hand-overs.
+    pub(crate) queues: Queues,
+    pub(crate) max_handovers_in_a_row: u32,
 }
 
 /// (owning task, key) -> (the acquisition, how many guards of that task hold it).
 type HeldTable = HashMap<(Owner, String), (Arc<HeldLock>, usize)>;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -86,6 +95,7 @@ impl Locker {
             Backend::Memory(MemoryBackend::default()),
             DEFAULT_WATCHDOG_LEASE,
             DEFAULT_WATCHDOG_LEASE / 3,
+            DEFAULT_MAX_HANDOVERS_IN_A_ROW,
         )
     }
 
@@ -115,6 +125,7 @@ impl Locker {
         backend: Backend,
         watchdog_lease: Duration,
         renewal_interval: Duration,
+        max_handovers_in_a_row: u32,
     ) -> Self {
         Locker {
             inner: Arc::new(LockerInner {
@@ -123,6 +134,8 @@ impl Locker {
                 renewal_interval,
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 held: Mutex::new(HashMap::new()),
+                queues: Queues::default(),
+                max_handovers_in_a_row,
             }),
         }
     }
@@ -178,7 +191,7 @@ impl Locker {
 
         let first = inner.attempt(key, &token, lease).await?;
         if let (Attempt::Acquired { fence }, sent_at) = first {
-            return Ok(inner.hold(owner, key, token, fence, sent_at, started, options));
+            return Ok(inner.hold(owner, key, token, (fence, 0), sent_at, started, options));
         }
         if Instant::now() >= deadline {
             return Err(not_acquired());
@@ -187,23 +200,44 @@ impl Locker {
         // From here on nothing waits past the deadline, not even a request the network swallowed
         // (a request cut short sends its cleanup; see `attempt`). The last answer said "busy",
         // so running out of time here is NotAcquired.
-        // Subscribe BEFORE retrying, so a release between our retry and our sleep still wakes us.
+        // Queue for a hand-over from a holder of this locker, and subscribe to releases by
+        // everyone else, BEFORE retrying: a release between our retry and our sleep still reaches
+        // us. A hand-over that arrives at any point wins: the lock is already ours.
+        let queue_up =
+            || Queues::queue_up(inner, key, lease).map_err(|e| LockError::backend(Some(key), e));
+        let mut place = queue_up()?;
+        let handed = |lock: Claimed| {
+            let fence = (lock.fence, lock.in_a_row);
+            Ok(inner.hold(
+                owner,
+                key,
+                lock.token,
+                fence,
+                lock.sent_at,
+                started,
+                options,
+            ))
+        };
         let Ok(subscription) =
             tokio::time::timeout_at(deadline, inner.backend.subscribe(key)).await
         else {
-            return Err(not_acquired());
+            return place.try_take().map_or_else(|| Err(not_acquired()), handed);
         };
         loop {
             let notified = subscription.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let Ok(attempt) =
-                tokio::time::timeout_at(deadline, inner.attempt(key, &token, lease)).await
-            else {
+            let attempt =
+                tokio::time::timeout_at(deadline, inner.attempt(key, &token, lease)).await;
+            if let Some(lock) = place.try_take() {
+                return handed(lock);
+            }
+            let Ok(attempt) = attempt else {
                 return Err(not_acquired());
             };
             match attempt? {
                 (Attempt::Acquired { fence }, sent_at) => {
+                    let fence = (fence, 0);
                     return Ok(inner.hold(owner, key, token, fence, sent_at, started, options));
                 }
                 (Attempt::Busy { ttl }, _) => {
@@ -213,9 +247,17 @@ impl Locker {
                     }
                     // Also retry when the holder's lease runs out: a crashed holder never publishes.
                     let wake_at = (now + ttl + Duration::from_millis(1)).min(deadline);
-                    tokio::select! {
-                        _ = &mut notified => {}
-                        _ = tokio::time::sleep_until(wake_at) => {}
+                    let woken = tokio::select! {
+                        lock = place.handed() => Some(lock),
+                        _ = &mut notified => None,
+                        _ = tokio::time::sleep_until(wake_at) => None,
+                    };
+                    match woken {
+                        Some(Some(lock)) => return handed(lock),
+                        // Taken from the queue by a release that handed nothing (its lease had
+                        // run out, or no answer came): queue again and retry at once.
+                        Some(None) => place = queue_up()?,
+                        None => {}
                     }
                 }
             }
@@ -293,6 +335,25 @@ impl LockerInner {
         }
     }
 
+    /// Releases `token`'s hold of `key` (if it has one) from a task of its own: the clean-up of
+    /// a lock that may have been taken for a task that is gone. Without a runtime (shut down),
+    /// the lease's expiry frees it.
+    pub(crate) fn release_in_background(self: &Arc<Self>, key: String, token: String, of: &str) {
+        let Some(runtime) = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.clone())
+        else {
+            return;
+        };
+        let inner = Arc::clone(self);
+        let of = of.to_owned();
+        runtime.spawn(async move {
+            if let Err(error) = inner.backend.release(&key, &token, None).await {
+                tracing::warn!(key, %error, "clean-up of {of} failed; the lock expires with its lease");
+            }
+        });
+    }
+
     /// Leaves one hold of `lock`; true when it was the last, so the caller releases in Redis.
     pub(crate) fn leave(&self, acquisition: &HeldLock) -> bool {
         let mut held = lock(&self.held);
@@ -311,13 +372,15 @@ impl LockerInner {
         }
     }
 
+    /// Makes the guard of a lock just taken; `(fence, in_a_row)`: its fencing number and how many
+    /// hand-overs in a row led to it (0 when it was taken free).
     #[allow(clippy::too_many_arguments)]
     fn hold(
         self: &Arc<Self>,
         owner: Owner,
         key: &str,
         token: String,
-        fence: u64,
+        (fence, handovers_in_a_row): (u64, u32),
         sent_at: Instant,
         started: Instant,
         options: LockOptions,
@@ -348,6 +411,7 @@ impl LockerInner {
             owner,
             acquired_at: Instant::now(),
             hold_at_least: options.hold_at_least_time(),
+            handovers_in_a_row,
             lost,
             lease_end,
             keeper: Mutex::new(keeper),
@@ -376,17 +440,11 @@ impl Drop for InFlight<'_> {
         let Some(inner) = self.inner.take() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // no runtime: the lease's expiry frees a lock we may have taken
-        };
-        let inner = Arc::clone(inner);
-        let key = self.key.to_owned();
-        let token = self.token.to_owned();
-        runtime.spawn(async move {
-            if let Err(error) = inner.backend.release(&key, &token, None).await {
-                tracing::warn!(key, %error, "cleanup of a cancelled acquire failed; the lock expires with its lease");
-            }
-        });
+        inner.release_in_background(
+            self.key.to_owned(),
+            self.token.to_owned(),
+            "a cancelled acquire",
+        );
     }
 }
 
@@ -470,7 +528,7 @@ fn validate_key(key: &str) -> Result<(), LockError> {
 }
 
 /// A fresh 128-bit owner token from the OS CSPRNG, as 32 hex digits.
-fn new_token() -> Result<String, BackendError> {
+pub(crate) fn new_token() -> Result<String, BackendError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(BackendError::Random)?;
     Ok(format!("{:032x}", u128::from_ne_bytes(bytes)))
@@ -489,6 +547,7 @@ pub struct LockerBuilder {
     renewal_interval: Option<Duration>,
     connect_timeout: Duration,
     response_timeout: Duration,
+    max_handovers_in_a_row: u32,
     #[cfg(feature = "tls")]
     tls_root_certificate: Option<Vec<u8>>,
 }
@@ -502,6 +561,7 @@ impl LockerBuilder {
             renewal_interval: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            max_handovers_in_a_row: DEFAULT_MAX_HANDOVERS_IN_A_ROW,
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
         }
@@ -543,6 +603,19 @@ impl LockerBuilder {
     /// How long one command may wait for its answer (default [`DEFAULT_RESPONSE_TIMEOUT`]).
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
+        self
+    }
+
+    /// How many times in a row a release may pass the lock straight to a task of this locker
+    /// that waits for it (default [`DEFAULT_MAX_HANDOVERS_IN_A_ROW`]).
+    ///
+    /// A hand-over takes one round trip (the release's), where releasing, publishing and letting
+    /// a woken waiter ask again takes two and a wake-up; local waiters get the lock in the order
+    /// they came. But while a process hands a lock around, waiters in other processes are not
+    /// woken: after this many hand-overs in a row a release releases for everyone, and all
+    /// waiters race for the lock as usual. `0` turns hand-overs off.
+    pub fn max_handovers_in_a_row(mut self, n: u32) -> Self {
+        self.max_handovers_in_a_row = n;
         self
     }
 
@@ -592,6 +665,7 @@ impl LockerBuilder {
             backend,
             self.watchdog_lease,
             renewal_interval,
+            self.max_handovers_in_a_row,
         ))
     }
 }

@@ -79,6 +79,28 @@ impl MemoryBackend {
         }
     }
 
+    /// Passes the lock from `giver` to `taker` if `giver` still holds it.
+    pub(crate) fn hand_over(
+        &self,
+        key: &str,
+        giver: &str,
+        taker: &str,
+        lease: Duration,
+    ) -> Option<u64> {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        match state.locks.get_mut(key) {
+            Some(entry) if entry.token == giver && entry.expires > now => {
+                entry.token = taker.to_owned();
+                entry.expires = now + lease;
+            }
+            _ => return None,
+        }
+        let fence = state.fences.entry(key.to_owned()).or_insert(0);
+        *fence += 1;
+        Some(*fence)
+    }
+
     pub(crate) fn renew(&self, key: &str, token: &str, lease: Duration) -> bool {
         let now = Instant::now();
         let mut state = lock(&self.state);

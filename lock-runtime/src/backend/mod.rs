@@ -1,8 +1,9 @@
 //! The backends behind one internal interface: single Redis, and in-process memory.
 //!
-//! A backend answers four questions in one step each: take the lock if free (with a fencing
+//! A backend answers five questions in one step each: take the lock if free (with a fencing
 //! number) or say how long it stays busy; release it if still owned (or shorten it to the minimum
-//! hold); extend it if still owned; and tell waiters when it may have become free.
+//! hold); pass it from its holder straight to a waiter; extend it if still owned; and tell
+//! waiters when it may have become free.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,21 @@ impl Backend {
         match self {
             Backend::Redis(b) => b.release(key, token, keep).await,
             Backend::Memory(b) => Ok(b.release(key, token, keep)),
+        }
+    }
+
+    /// Passes `key` from `giver` to `taker` (a new lease, the next fencing number) if `giver`
+    /// still owns it, without waking anyone; `None` when it does not (nothing changed).
+    pub(crate) async fn hand_over(
+        &self,
+        key: &str,
+        giver: &str,
+        taker: &str,
+        lease: Duration,
+    ) -> Result<Option<u64>, BackendError> {
+        match self {
+            Backend::Redis(b) => b.hand_over(key, giver, taker, lease).await,
+            Backend::Memory(b) => Ok(b.hand_over(key, giver, taker, lease)),
         }
     }
 

@@ -99,15 +99,7 @@ impl RedisBackend {
         token: &str,
         lease: Duration,
     ) -> Result<Attempt, BackendError> {
-        let lock = self.lock_key(key);
-        let fence = format!("{lock}:fence");
-        let mut invocation = ACQUIRE.prepare_invoke();
-        invocation
-            .key(&lock)
-            .key(&fence)
-            .arg(token)
-            .arg(millis(lease));
-        let reply: Vec<i64> = self.call(invocation, "acquiring").await?;
+        let (lock, reply) = self.take(key, token, lease, None).await?;
         match reply.as_slice() {
             [1, fence] if *fence > 0 => Ok(Attempt::Acquired {
                 fence: *fence as u64,
@@ -118,10 +110,48 @@ impl RedisBackend {
             // PTTL -1: the name holds a value without expiry. Every lock of ours has one, so
             // something else wrote it, and waiting for it to be released would wait forever.
             [0, -1] => Err(BackendError::NotALock(lock)),
-            other => Err(BackendError::UnexpectedReply(format!(
-                "acquire script returned {other:?}"
-            ))),
+            other => Err(unexpected("acquire", other)),
         }
+    }
+
+    /// Passes the lock from `giver` to `taker` with a new lease and fencing number, if `giver`
+    /// still holds it; `None` when it does not (nothing changed).
+    pub(crate) async fn hand_over(
+        &self,
+        key: &str,
+        giver: &str,
+        taker: &str,
+        lease: Duration,
+    ) -> Result<Option<u64>, BackendError> {
+        let (_, reply) = self.take(key, taker, lease, Some(giver)).await?;
+        match reply.as_slice() {
+            [1, fence] if *fence > 0 => Ok(Some(*fence as u64)),
+            [0, -2] => Ok(None),
+            other => Err(unexpected("hand-over", other)),
+        }
+    }
+
+    /// The acquire script: free locks only, or (with `giver`) a hand-over from their holder.
+    async fn take(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+        giver: Option<&str>,
+    ) -> Result<(String, Vec<i64>), BackendError> {
+        let lock = self.lock_key(key);
+        let fence = format!("{lock}:fence");
+        let mut invocation = ACQUIRE.prepare_invoke();
+        invocation
+            .key(&lock)
+            .key(&fence)
+            .arg(token)
+            .arg(millis(lease));
+        if let Some(giver) = giver {
+            invocation.arg(giver);
+        }
+        let reply = self.call(invocation, "acquiring").await?;
+        Ok((lock, reply))
     }
 
     pub(crate) async fn release(
@@ -165,6 +195,10 @@ impl RedisBackend {
         let channel = format!("{}:released", self.lock_key(key));
         self.waiters.subscribe(channel).await
     }
+}
+
+fn unexpected(script: &str, reply: &[i64]) -> BackendError {
+    BackendError::UnexpectedReply(format!("{script} script returned {reply:?}"))
 }
 
 /// Milliseconds for PX/PEXPIRE, rounded up so a sub-millisecond remainder never becomes 0.
