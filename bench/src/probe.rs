@@ -43,6 +43,42 @@ impl Probe {
         Ok(samples)
     }
 
+    /// `n` samples of two sequential calls of an empty script (`EVALSHA` of `return 1`): the
+    /// floor, on this connection, of any lock that makes one script call per step.
+    pub async fn empty_script_pairs(&self, n: usize) -> Result<Vec<Duration>> {
+        let mut conn = self.conn.clone();
+        let script = redis::Script::new("return 1");
+        script.load_async(&mut conn).await.context("SCRIPT LOAD")?;
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let started = Instant::now();
+            for _ in 0..2 {
+                let _: i64 = script.invoke_async(&mut conn).await.context("EVALSHA")?;
+            }
+            samples.push(started.elapsed());
+        }
+        Ok(samples)
+    }
+
+    /// The CPU time the server has used so far (`used_cpu_sys` + `used_cpu_user` of `INFO cpu`).
+    pub async fn server_cpu(&self) -> Result<Duration> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut conn)
+            .await
+            .context("INFO cpu")?;
+        let mut seconds = 0.0;
+        for field in ["used_cpu_sys:", "used_cpu_user:"] {
+            let value = info
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .with_context(|| format!("INFO cpu without {field}"))?;
+            seconds += value.trim().parse::<f64>().context("INFO cpu value")?;
+        }
+        Ok(Duration::from_secs_f64(seconds))
+    }
+
     /// Empties the database between blocks, so no block sees another's leftovers.
     pub async fn flush(&self) -> Result<()> {
         let mut conn = self.conn.clone();

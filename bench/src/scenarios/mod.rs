@@ -29,6 +29,8 @@ pub struct Measured {
     pub commands_per_section: Option<f64>,
     pub throughput_sections: u64,
     pub throughput_time: Duration,
+    /// The server's CPU time over the throughput blocks.
+    pub throughput_server_cpu: Duration,
     /// Per K of the plan, in its order.
     pub handoff: Vec<Vec<Duration>>,
     pub waiting_load: Option<WaitingLoad>,
@@ -39,6 +41,8 @@ pub struct Measured {
 
 pub struct Measurements {
     pub ping: Vec<Duration>,
+    /// Two calls of an empty script per sample, on the PING connection.
+    pub empty_scripts: Vec<Duration>,
     /// Indexed by [`Kind::index`].
     pub kinds: [Measured; 3],
 }
@@ -57,6 +61,7 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
     }
     let mut out = Measurements {
         ping: Vec::new(),
+        empty_scripts: Vec::new(),
         kinds: Default::default(),
     };
     for measured in &mut out.kinds {
@@ -100,6 +105,8 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
         eprintln!("round {}/{}", round + 1, plan.rounds);
         out.ping
             .extend(probe.ping_samples(plan.ping_per_round).await?);
+        out.empty_scripts
+            .extend(probe.empty_script_pairs(plan.ping_per_round).await?);
 
         for kind in order(round) {
             let samples = uncontended::latencies(
@@ -113,6 +120,7 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
         }
 
         for kind in order(round + 1) {
+            let cpu_before = probe.server_cpu().await?;
             let sections = throughput::sections(
                 &subjects[kind.index()],
                 &tag("2"),
@@ -123,6 +131,9 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
             let measured = &mut out.kinds[kind.index()];
             measured.throughput_sections += sections;
             measured.throughput_time += plan.throughput_block;
+            // Includes the tasks' last sections after the deadline and their stop: at most one
+            // section per task more than counted.
+            measured.throughput_server_cpu += probe.server_cpu().await? - cpu_before;
             probe.flush().await?;
         }
 
