@@ -122,7 +122,7 @@ impl Place {
 
     /// Waits for a hand-over. `None`: a release took this task from the queue but handed
     /// nothing (it no longer held the lock, or got no answer): queue again and retry.
-    /// Call at most once per place.
+    /// Cancel-safe; once it has returned, the place is spent.
     pub(crate) async fn handed(&mut self) -> Option<Claimed> {
         (&mut self.handed).await.ok().map(Handed::claim)
     }
