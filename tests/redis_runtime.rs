@@ -638,22 +638,6 @@ async fn a_watchdog_holder_paused_past_its_lease_sees_the_loss_at_its_first_look
     ));
 }
 
-/// Polls `INFO commandstats` until `command` has run `calls` times in all.
-async fn wait_for_calls(server: &RedisServer, command: &str, calls: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = server.command_calls(command).await;
-        if now >= calls {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{command}: {now} of {calls} calls"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_release_hands_the_lock_to_local_waiters_in_arrival_order_up_to_the_limit() {
     const WAITERS: usize = 20;
@@ -682,7 +666,7 @@ async fn a_release_hands_the_lock_to_local_waiters_in_arrival_order_up_to_the_li
                 guard.release().await.unwrap();
             }));
             // Its second attempt runs after it queued and subscribed: the queue order is 0, 1, ...
-            wait_for_calls(&server, "evalsha", before + 2).await;
+            server.wait_for_calls("evalsha", before + 2).await;
         }
         let (publish, evalsha) = (
             server.command_calls("publish").await,
@@ -768,7 +752,7 @@ async fn local_hand_overs_do_not_starve_a_waiter_of_another_locker() {
             })
             .collect();
         // All are in: one took the lock, the others asked twice (before and after queueing).
-        wait_for_calls(&server, "evalsha", 1 + (TASKS - 1) * 2).await;
+        server.wait_for_calls("evalsha", 1 + (TASKS - 1) * 2).await;
         let started = Instant::now();
         let got_in = other
             .acquire(

@@ -338,7 +338,12 @@ impl LockerInner {
     /// Releases `token`'s hold of `key` (if it has one) from a task of its own: the clean-up of
     /// a lock that may have been taken for a task that is gone. Without a runtime (shut down),
     /// the lease's expiry frees it.
-    pub(crate) fn release_in_background(self: &Arc<Self>, key: String, token: String, of: &str) {
+    pub(crate) fn release_in_background(
+        self: &Arc<Self>,
+        key: String,
+        token: String,
+        of: &'static str,
+    ) {
         let Some(runtime) = tokio::runtime::Handle::try_current()
             .ok()
             .or_else(|| self.runtime.clone())
@@ -346,7 +351,6 @@ impl LockerInner {
             return;
         };
         let inner = Arc::clone(self);
-        let of = of.to_owned();
         runtime.spawn(async move {
             if let Err(error) = inner.backend.release(&key, &token, None).await {
                 tracing::warn!(key, %error, "clean-up of {of} failed; the lock expires with its lease");

@@ -260,15 +260,15 @@ async fn finish(guard: LockGuard, enter: u64, task: u32, sections: &Sections) {
 
 /// The section so far; its exit is now, as the guard is about to be released or dropped.
 fn record(guard: &LockGuard, enter_ns: u64, task: u32, lost: bool) -> Record {
-    Record {
-        key: guard.key().to_owned(),
-        fence: guard.fencing_token(),
-        pid: std::process::id(),
+    let lost = lost || guard.is_lost();
+    Record::section(
+        guard.key(),
+        guard.fencing_token(),
         task,
         enter_ns,
-        exit_ns: monotonic_ns(),
-        lost: lost || guard.is_lost(),
-    }
+        monotonic_ns(),
+        lost,
+    )
 }
 
 /// A contended acquire, so the locker's subscriber connection is made before the baseline.

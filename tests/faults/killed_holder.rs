@@ -246,15 +246,7 @@ fn killed_while_waited_for(
             exit_ns: kill_ns,
             lost: false,
         },
-        waiter: Record {
-            key,
-            fence: waiter_fence,
-            pid: std::process::id(),
-            task: 0,
-            enter_ns: waiter_enter_ns,
-            exit_ns: waiter_exit_ns,
-            lost,
-        },
+        waiter: Record::section(&key, waiter_fence, 0, waiter_enter_ns, waiter_exit_ns, lost),
         recovery: Duration::from_nanos(recovery_ns.max(0) as u64),
     }
 }

@@ -27,6 +27,7 @@ mod slow_server;
 mod soak;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use libtest_mimic::{Arguments, Trial};
 use report::FaultRow;
@@ -46,6 +47,13 @@ const FAULTS: &[Fault] = &[
     ("f8_bad_input", bad_input::run),
     ("f9_soak", soak::run),
 ];
+
+/// Awaits `fut`, panicking with `what` if it takes longer than `bound`: "nothing hangs".
+pub async fn within<F: std::future::Future>(bound: Duration, what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(bound, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung: nothing after {bound:?}"))
+}
 
 /// The runtime a fault runs on: several workers, so that a task blocked by the fault does not
 /// hold up the ones measuring it.

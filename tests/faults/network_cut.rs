@@ -17,7 +17,6 @@
 //! - after the heal every locker works again by itself (reconnects), including the pub/sub
 //!   wake-ups; the time to the first successful acquire is reported.
 
-use std::future::Future;
 use std::time::Duration;
 
 use distributed_lock::{LockError, LockGuard, LockOptions, Locker};
@@ -29,6 +28,7 @@ use crate::support::checker;
 use crate::support::proxy::Proxy;
 use crate::support::records::{Record, monotonic_ns};
 use crate::support::redis_server::{RedisServer, wait_until_unlocked};
+use crate::within;
 
 /// Short, so a trial takes seconds; the renewal leaves room for three renewals per lease.
 const WATCHDOG_LEASE: Duration = Duration::from_secs(2);
@@ -386,13 +386,21 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
         .await
         .unwrap_or_else(|e| panic!("{name}: the direct waiter's release failed: {e}"));
     // The holder believed it held until it was told; the successor from its acquire.
-    records.push(section(&held_key, holder_fence, 0, holder_enter, lost_ns));
-    records.push(section(
+    records.push(Record::section(
+        &held_key,
+        holder_fence,
+        0,
+        holder_enter,
+        lost_ns,
+        false,
+    ));
+    records.push(Record::section(
         &held_key,
         successor_fence,
         1,
         successor_enter,
         successor_exit,
+        false,
     ));
 
     let loss_after_fault = lost_at - fault_at;
@@ -469,7 +477,7 @@ async fn round(kind: Break, server: &RedisServer, proxy: &Proxy, lockers: &Locke
                 .unwrap_or_else(|e| panic!("{who}: release after the heal failed: {e}"));
             (
                 at - healed_at,
-                section(&key, fence, 10 + i as u32, enter, monotonic_ns()),
+                Record::section(&key, fence, 10 + i as u32, enter, monotonic_ns(), false),
             )
         }));
     }
@@ -589,31 +597,12 @@ async fn first_success(locker: &Locker, key: &str, since: Instant) -> LockGuard 
     }
 }
 
-/// Awaits `fut`, panicking with `what` if it takes longer than `bound`.
-async fn within<F: Future>(bound: Duration, what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(bound, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung: nothing after {bound:?}"))
-}
-
 /// `later - earlier` in milliseconds, negative when `later` is in fact earlier.
 fn signed_ms(later: Instant, earlier: Instant) -> f64 {
     if later >= earlier {
         (later - earlier).as_secs_f64() * 1e3
     } else {
         -((earlier - later).as_secs_f64() * 1e3)
-    }
-}
-
-fn section(key: &str, fence: u64, task: u32, enter_ns: u64, exit_ns: u64) -> Record {
-    Record {
-        key: key.to_owned(),
-        fence,
-        pid: std::process::id(),
-        task,
-        enter_ns,
-        exit_ns,
-        lost: false,
     }
 }
 

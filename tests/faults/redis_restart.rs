@@ -98,7 +98,7 @@ async fn restart() -> FaultRow {
                 "{key}: release after the restart should say LeaseLost: {released:?}"
             );
             Held {
-                record: section(&key, fence, i as u32, enter_ns, exit_ns, true),
+                record: Record::section(&key, fence, i as u32, enter_ns, exit_ns, true),
                 lost_at,
             }
         }));
@@ -135,7 +135,7 @@ async fn restart() -> FaultRow {
                 .unwrap_or_else(|e| panic!("{key}: the waiter's release failed: {e}"));
             Waited {
                 acquired_at,
-                record: section(&key, fence, 100 + i as u32, enter_ns, exit_ns, lost),
+                record: Record::section(&key, fence, 100 + i as u32, enter_ns, exit_ns, lost),
             }
         }));
     }
@@ -240,18 +240,6 @@ async fn restart() -> FaultRow {
             worst_reacquire.as_secs_f64() * 1e3,
             report.total.overlaps
         ),
-    }
-}
-
-fn section(key: &str, fence: u64, task: u32, enter_ns: u64, exit_ns: u64, lost: bool) -> Record {
-    Record {
-        key: key.to_owned(),
-        fence,
-        pid: std::process::id(),
-        task,
-        enter_ns,
-        exit_ns,
-        lost,
     }
 }
 

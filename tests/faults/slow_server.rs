@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::report::FaultRow;
 use crate::support::proxy::Proxy;
 use crate::support::redis_server::{RedisServer, wait_until_unlocked};
+use crate::within;
 
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -274,9 +275,10 @@ async fn one_way_of_slowing(setup: &Setup, how: Slowness) -> Figures {
     let mut acquire_error_after = Duration::ZERO;
     let mut acquire_message = String::new();
     for attempt in attempts.collect::<Vec<_>>() {
-        let (key, took, outcome) = within("an acquire against the slow server", attempt)
-            .await
-            .expect("acquire task");
+        let (key, took, outcome) =
+            within(HANG_BOUND, "an acquire against the slow server", attempt)
+                .await
+                .expect("acquire task");
         acquire_error_after = acquire_error_after.max(took);
         match outcome {
             Err(e) if is_timeout_naming(&e, &key) => acquire_message = e.to_string(),
@@ -322,7 +324,12 @@ async fn one_way_of_slowing(setup: &Setup, how: Slowness) -> Figures {
     sections += 1;
     let slowed = setup.slow_down(how, SLOW).await;
     let started = Instant::now();
-    let released = within("a release against the slow server", guard.release()).await;
+    let released = within(
+        HANG_BOUND,
+        "a release against the slow server",
+        guard.release(),
+    )
+    .await;
     let release_error_after = started.elapsed();
     match &released {
         Err(e) if is_timeout_naming(e, &release_key) => {}
@@ -359,7 +366,7 @@ async fn one_way_of_slowing(setup: &Setup, how: Slowness) -> Figures {
     tokio::time::sleep(RENEWAL + RENEWAL.mul_f64(fastrand::f64())).await;
     let slowed = setup.slow_down(how, SLOW_PAST_LEASE).await;
     let slowed_at = Instant::now();
-    within("the watchdog's loss report", lost).await;
+    within(HANG_BOUND, "the watchdog's loss report", lost).await;
     let loss_after_slowdown = slowed_at.elapsed();
     // Its last answered renewal was sent before the slowdown: its lease ended before
     // slowdown + lease.
@@ -370,7 +377,7 @@ async fn one_way_of_slowing(setup: &Setup, how: Slowness) -> Figures {
         ));
     }
     let caught_up = setup.caught_up(slowed).await;
-    let released = within("the lost holder's release", guard.release()).await;
+    let released = within(HANG_BOUND, "the lost holder's release", guard.release()).await;
     if !matches!(released, Err(LockError::LeaseLost { .. })) {
         broken.push(format!(
             "{name}: the watchdog holder's release after the slowdown returned {released:?}, \
@@ -432,18 +439,11 @@ async fn first_success(locker: &Locker, key: &str) -> LockGuard {
 
 async fn release_or_note(guard: LockGuard, broken: &mut Vec<String>, name: &str) {
     let key = guard.key().to_owned();
-    if let Err(e) = within("a release after the slowdown", guard.release()).await {
+    if let Err(e) = within(HANG_BOUND, "a release after the slowdown", guard.release()).await {
         broken.push(format!(
             "{name}: release of `{key}` after the slowdown: {e}"
         ));
     }
-}
-
-/// Awaits `fut`, panicking with `what` if it takes longer than `HANG_BOUND`.
-async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(HANG_BOUND, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung: nothing after {HANG_BOUND:?}"))
 }
 
 /// How many of `keys` have a fencing counter: their acquire script ran on the server.

@@ -28,6 +28,28 @@ pub struct Record {
     pub lost: bool,
 }
 
+impl Record {
+    /// A section of task `task` of this process.
+    pub fn section(
+        key: &str,
+        fence: u64,
+        task: u32,
+        enter_ns: u64,
+        exit_ns: u64,
+        lost: bool,
+    ) -> Record {
+        Record {
+            key: key.to_owned(),
+            fence,
+            pid: std::process::id(),
+            task,
+            enter_ns,
+            exit_ns,
+            lost,
+        }
+    }
+}
+
 /// Now on `CLOCK_MONOTONIC`, in nanoseconds: comparable across the processes of one machine.
 pub fn monotonic_ns() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);

@@ -126,6 +126,22 @@ impl RedisServer {
         commandstat_calls(&info, command)
     }
 
+    /// Polls `INFO commandstats` until `command` has run `calls` times in all.
+    pub async fn wait_for_calls(&self, command: &str, calls: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.command_calls(command).await;
+            if now >= calls {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{command}: {now} of {calls} calls"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// SIGKILL: the server dies at once, losing everything (no persistence).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
