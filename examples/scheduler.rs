@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use distributed_lock::{Locker, distributed_lock, install};
+use distlock::{Locker, distributed_lock, install};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 

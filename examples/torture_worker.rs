@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use distributed_lock::{LockError, LockOptions, Locker};
+use distlock::{LockError, LockOptions, Locker};
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;

@@ -2,7 +2,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use distributed_lock::{distributed_lock, LockError, Locker};
+//! use distlock::{distributed_lock, LockError, Locker};
 //!
 //! struct Ranking {
 //!     locks: Locker,
@@ -13,7 +13,7 @@
 //!     #[distributed_lock(key = "ranking", wait = "10s", lease = "5s", locker = self.locks)]
 //!     async fn flush(&self, keywords: &[&str]) -> Result<usize, LockError> {
 //!         // Inside: the lock's fencing token, for a store that refuses stale writers.
-//!         let fence = distributed_lock::current().map(|lock| lock.fencing_token());
+//!         let fence = distlock::current().map(|lock| lock.fencing_token());
 //!         assert!(fence.is_some());
 //!         Ok(keywords.len())
 //!     }
@@ -74,7 +74,7 @@
 //!
 //! # Side by side with Spring
 //!
-//! | Spring + Redisson | distributed-lock |
+//! | Spring + Redisson | distlock |
 //! |---|---|
 //! | `@DistributedLock(key = "'book:' + #isbn", waitTime = 10, leaseTime = 5)` | `#[distributed_lock(key = "book:{isbn}", wait = "10s", lease = "5s")]` |
 //! | SpEL key, a typo fails at run time | key template checked against the parameters at compile time |
@@ -90,8 +90,8 @@
 //! signal, and `release()`. See the runtime's documentation for the Redis data model.
 #![warn(missing_docs)]
 
-pub use distributed_lock_macro::distributed_lock;
-pub use distributed_lock_runtime::{
+pub use distlock_macro::distributed_lock;
+pub use distlock_runtime::{
     BackendError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_HANDOVERS_IN_A_ROW,
     DEFAULT_RESPONSE_TIMEOUT, DEFAULT_WAIT, DEFAULT_WATCHDOG_LEASE, LockError, LockGuard,
     LockHandle, LockOptions, Locker, LockerBuilder, MAX_DURATION, MAX_KEY_LEN, MIN_LEASE, current,
@@ -102,5 +102,5 @@ pub use distributed_lock_runtime::{
 /// without notice. User code never names these.
 #[doc(hidden)]
 pub mod __private {
-    pub use distributed_lock_runtime::__private::*;
+    pub use distlock_runtime::__private::*;
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use distributed_lock::{LockError, LockOptions, Locker, distributed_lock};
+use distlock::{LockError, LockOptions, Locker, distributed_lock};
 use support::fixture::{Counter, Fixture};
 use tokio::sync::Barrier;
 use tokio::time::Instant;
@@ -75,7 +75,7 @@ impl Service {
 
     #[distributed_lock(key = "nested", wait = "1s", locker = self.locks)]
     async fn outer(&self) -> Result<u64, LockError> {
-        let outer_fence = distributed_lock::current().map(|l| l.fencing_token());
+        let outer_fence = distlock::current().map(|l| l.fencing_token());
         let inner_fence = self.inner().await?;
         assert_eq!(
             outer_fence,
@@ -87,9 +87,7 @@ impl Service {
 
     #[distributed_lock(key = "nested", wait = "1s", locker = self.locks)]
     async fn inner(&self) -> Result<u64, LockError> {
-        Ok(distributed_lock::current()
-            .expect("inside a lock")
-            .fencing_token())
+        Ok(distlock::current().expect("inside a lock").fencing_token())
     }
 
     #[distributed_lock(key = "hang", locker = self.locks)]
@@ -119,9 +117,7 @@ impl Service {
 
     #[distributed_lock(key = "fenced:{id}", lease = "5s", locker = self.locks)]
     async fn fenced_write(&self, id: u32) -> Result<u64, LockError> {
-        Ok(distributed_lock::current()
-            .expect("inside a lock")
-            .fencing_token())
+        Ok(distlock::current().expect("inside a lock").fencing_token())
     }
 }
 
@@ -312,7 +308,7 @@ async fn current_gives_the_guards_fencing_token() {
     assert_eq!(first, stored);
     assert!(svc.fenced_write(7).await.unwrap() > first);
     assert!(
-        distributed_lock::current().is_none(),
+        distlock::current().is_none(),
         "current() outside a locked body"
     );
 }
@@ -325,7 +321,7 @@ async fn uses_the_default_locker(n: u32) -> Result<u32, LockError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_locker_argument_the_installed_default_is_used() {
     let fx = Fixture::redis().await;
-    distributed_lock::install(fx.locker.clone());
+    distlock::install(fx.locker.clone());
     assert_eq!(uses_the_default_locker(5).await.unwrap(), 5);
     let mut conn = fx.server().client().await;
     let fence: Option<u64> = redis::cmd("GET")
@@ -377,10 +373,7 @@ impl Outage {
     #[distributed_lock(key = "outage", locker = self.locks)]
     async fn work_until_lost(&self) -> Result<(), LockError> {
         self.entered.notify_one();
-        distributed_lock::current()
-            .expect("inside a lock")
-            .lost()
-            .await;
+        distlock::current().expect("inside a lock").lost().await;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use distributed_lock::{LockError, LockOptions, Locker};
+use distlock::{LockError, LockOptions, Locker};
 use support::redis_server::RedisServer;
 use tokio::time::Instant;
 
@@ -641,7 +641,7 @@ async fn a_watchdog_holder_paused_past_its_lease_sees_the_loss_at_its_first_look
 #[tokio::test]
 async fn a_release_hands_the_lock_to_local_waiters_in_arrival_order_up_to_the_limit() {
     const WAITERS: usize = 20;
-    let limit = distributed_lock::DEFAULT_MAX_HANDOVERS_IN_A_ROW;
+    let limit = distlock::DEFAULT_MAX_HANDOVERS_IN_A_ROW;
     // The control turns hand-overs off: every release publishes, and every woken waiter asks again.
     for handovers in [0, limit] {
         let server = RedisServer::start();
@@ -723,7 +723,7 @@ async fn local_hand_overs_do_not_starve_a_waiter_of_another_locker() {
     for (handovers, wait) in [
         (u32::MAX, Duration::from_secs(1)),
         (
-            distributed_lock::DEFAULT_MAX_HANDOVERS_IN_A_ROW,
+            distlock::DEFAULT_MAX_HANDOVERS_IN_A_ROW,
             Duration::from_secs(20),
         ),
     ] {

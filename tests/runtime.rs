@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use distributed_lock::{LockError, LockOptions};
+use distlock::{LockError, LockOptions};
 use support::fixture::Fixture;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
@@ -18,7 +18,7 @@ fn quick() -> LockOptions {
 }
 
 /// Ends when `locker` can take `key` within `wait`; returns how long that took.
-async fn time_to_acquire(locker: &distributed_lock::Locker, key: &str, wait: Duration) -> Duration {
+async fn time_to_acquire(locker: &distlock::Locker, key: &str, wait: Duration) -> Duration {
     let started = Instant::now();
     let locker = locker.clone();
     let key = key.to_owned();
@@ -38,7 +38,7 @@ async fn time_to_acquire(locker: &distributed_lock::Locker, key: &str, wait: Dur
     started.elapsed()
 }
 
-async fn is_free(locker: &distributed_lock::Locker, key: &str) -> bool {
+async fn is_free(locker: &distlock::Locker, key: &str) -> bool {
     let locker = locker.clone();
     let key = key.to_owned();
     tokio::spawn(async move {
@@ -562,10 +562,7 @@ both_backends!(
 /// Nothing in this test binary installs a default locker.
 #[test]
 fn without_an_installed_locker_the_default_is_a_clear_error() {
-    let err = distributed_lock::default_locker().unwrap_err();
+    let err = distlock::default_locker().unwrap_err();
     assert!(matches!(err, LockError::NoDefaultLocker));
-    assert!(
-        err.to_string().contains("distributed_lock::install("),
-        "{err}"
-    );
+    assert!(err.to_string().contains("distlock::install("), "{err}");
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use distributed_lock::{LockError, Locker, distributed_lock};
+use distlock::{LockError, Locker, distributed_lock};
 use redis::AsyncCommands;
 use support::redis_server::RedisServer;
 use tokio::sync::Barrier;

@@ -34,7 +34,7 @@ pub fn draw(data: &ChartData, path: &Path) -> Result<()> {
     let (top, body) = root.split_vertically(50);
     top.draw_text(
         &format!(
-            "distributed-lock vs rslock 0.10 vs async-redis-lock 0.4, one run (PING median {:.0} µs)",
+            "distlock vs rslock 0.10 vs async-redis-lock 0.4, one run (PING median {:.0} µs)",
             data.ping_us
         ),
         &("sans-serif", 18).into_font().color(&BLACK),

@@ -1,4 +1,4 @@
-//! The benchmark of distributed-lock against rslock and async-redis-lock: starts a private
+//! The benchmark of distlock against rslock and async-redis-lock: starts a private
 //! `redis-server`, runs the seven scenarios of issue 6 for the three implementations in rotating
 //! blocks, prints the table, and writes `BENCHMARKS.md`, `results.json` and `chart.svg`.
 //!
@@ -27,7 +27,7 @@ use probe::Probe;
 use report::Report;
 use server::RedisServer;
 
-const USAGE: &str = "usage: distributed-lock-bench [--quick] [--out DIR]
+const USAGE: &str = "usage: distlock-bench [--quick] [--out DIR]
   --quick    tiny counts (under a minute), for CI: the figures mean nothing
   --out DIR  write BENCHMARKS.md, results.json and chart.svg there (default: bench/)";
 

@@ -17,7 +17,7 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// A `ConnectionManager`, the same kind of connection distributed-lock sends its commands on
+    /// A `ConnectionManager`, the same kind of connection distlock sends its commands on
     /// and async-redis-lock too (rslock uses the multiplexed connection inside it).
     pub async fn connect(url: &str) -> Result<Probe> {
         let client = redis::Client::open(url).context("opening the probe client")?;

@@ -378,7 +378,7 @@ impl Report {
         let _ = writeln!(out, "# Benchmarks\n");
         let _ = writeln!(
             out,
-            "distributed-lock against rslock 0.10 (single node) and async-redis-lock 0.4, in one \
+            "distlock against rslock 0.10 (single node) and async-redis-lock 0.4, in one \
              run of one process against one private `redis-server`. Written by the benchmark in \
              `bench/`; do not edit by hand.\n"
         );
@@ -391,7 +391,7 @@ impl Report {
         let _ = writeln!(
             out,
             "- Unit: the PING median, {:.1} µs (p99 {:.1} µs, {} PINGs spread over the run, on a \
-             redis-rs `ConnectionManager` like the one distributed-lock sends its commands on). \
+             redis-rs `ConnectionManager` like the one distlock sends its commands on). \
              Latencies are multiples of it (\"x PING\").",
             self.ping.median_us, self.ping.p99_us, self.ping.n
         );
@@ -474,7 +474,7 @@ impl Report {
         let _ = writeln!(out, "\n## Settings of the three\n");
         let _ = writeln!(
             out,
-            "All three wait up to {} s. distributed-lock: `LockOptions::new().wait({}s).lease({}s)`, \
+            "All three wait up to {} s. distlock: `LockOptions::new().wait({}s).lease({}s)`, \
              one `Locker` per client. rslock: `LockManager::acquire(key, {} s TTL)` with its default \
              retry settings (3 tries 0-200 ms apart, which `acquire` repeats until it gets the \
              lock); it has no wait bound of its own, so the call is wrapped in a {} s \

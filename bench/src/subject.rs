@@ -16,7 +16,7 @@ pub const LEASE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Kind {
-    #[serde(rename = "distributed-lock")]
+    #[serde(rename = "distlock")]
     Ours,
     #[serde(rename = "rslock")]
     Rslock,
@@ -37,7 +37,7 @@ impl Kind {
 
     pub fn name(self) -> &'static str {
         match self {
-            Kind::Ours => "distributed-lock",
+            Kind::Ours => "distlock",
             Kind::Rslock => "rslock 0.10",
             Kind::AsyncRedisLock => "async-redis-lock 0.4",
         }
@@ -61,7 +61,7 @@ impl Kind {
     /// The Redis key the implementation stores lock `key` under (scenario 7 holds keys directly).
     pub fn redis_key(self, key: &str) -> String {
         match self {
-            Kind::Ours => format!("{}{{{key}}}", distributed_lock::DEFAULT_KEY_PREFIX),
+            Kind::Ours => format!("{}{{{key}}}", distlock::DEFAULT_KEY_PREFIX),
             Kind::Rslock | Kind::AsyncRedisLock => key.to_owned(),
         }
     }
@@ -72,7 +72,7 @@ impl Kind {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Subject {
-    Ours(distributed_lock::Locker),
+    Ours(distlock::Locker),
     Rslock(rslock::LockManager),
     AsyncRedisLock(async_redis_lock::Locker),
 }
@@ -80,7 +80,7 @@ pub enum Subject {
 /// A held lock of any of the three.
 #[allow(clippy::large_enum_variant)]
 pub enum Held {
-    Ours(distributed_lock::LockGuard),
+    Ours(distlock::LockGuard),
     Rslock(rslock::LockGuard),
     AsyncRedisLock(async_redis_lock::Lock),
 }
@@ -89,9 +89,9 @@ impl Subject {
     pub async fn connect(kind: Kind, url: &str) -> Result<Subject> {
         Ok(match kind {
             Kind::Ours => Subject::Ours(
-                distributed_lock::Locker::connect(url)
+                distlock::Locker::connect(url)
                     .await
-                    .context("distributed-lock: connecting")?,
+                    .context("distlock: connecting")?,
             ),
             // Connects lazily at the first lock; default retry settings (3 tries, 0-200 ms apart).
             Kind::Rslock => Subject::Rslock(rslock::LockManager::from_clients(vec![
@@ -109,11 +109,11 @@ impl Subject {
     pub async fn acquire(&self, key: &str) -> Result<Held> {
         match self {
             Subject::Ours(locker) => {
-                let options = distributed_lock::LockOptions::new().wait(WAIT).lease(LEASE);
+                let options = distlock::LockOptions::new().wait(WAIT).lease(LEASE);
                 let guard = locker
                     .acquire(key, options)
                     .await
-                    .with_context(|| format!("distributed-lock: acquiring {key:?}"))?;
+                    .with_context(|| format!("distlock: acquiring {key:?}"))?;
                 Ok(Held::Ours(guard))
             }
             Subject::Rslock(manager) => {
@@ -138,10 +138,7 @@ impl Subject {
 impl Held {
     pub async fn release(self) -> Result<()> {
         match self {
-            Held::Ours(guard) => guard
-                .release()
-                .await
-                .context("distributed-lock: releasing")?,
+            Held::Ours(guard) => guard.release().await.context("distlock: releasing")?,
             // Best effort by design: rslock reports nothing.
             Held::Rslock(guard) => guard.release().await,
             Held::AsyncRedisLock(lock) => lock

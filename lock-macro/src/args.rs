@@ -363,7 +363,7 @@ fn parse_crate_path(input: ParseStream<'_>) -> syn::Result<syn::Path> {
             lit.span(),
             format!(
                 "`crate = \"{}\"` is not a path: write the path to the crate that re-exports \
-                 `distributed_lock`, e.g. `crate = \"my_app::lock\"`",
+                 `distlock`, e.g. `crate = \"my_app::lock\"`",
                 lit.value()
             ),
         )

@@ -216,7 +216,7 @@ fn generate(
 
     let private = match &args.krate {
         Some(path) => quote!(#path::__private),
-        None => quote!(::distributed_lock::__private),
+        None => quote!(::distlock::__private),
     };
     let hygienic = |name: &str| Ident::new(name, Span::mixed_site());
     let key_var = hygienic("__distributed_lock_key");
@@ -465,12 +465,12 @@ mod tests {
         assert_eq!(item.attrs.len(), 1);
         for expected in [
             ":: std :: format ! (\"book:{}\" , isbn)",
-            ":: distributed_lock :: __private :: acquire (",
-            ". wait (:: distributed_lock :: __private :: Duration :: from_millis (10000u64))",
-            ". lease (:: distributed_lock :: __private :: Duration :: from_millis (5000u64))",
-            ":: distributed_lock :: __private :: scope (",
+            ":: distlock :: __private :: acquire (",
+            ". wait (:: distlock :: __private :: Duration :: from_millis (10000u64))",
+            ". lease (:: distlock :: __private :: Duration :: from_millis (5000u64))",
+            ":: distlock :: __private :: scope (",
             "async move",
-            ":: distributed_lock :: __private :: finish (",
+            ":: distlock :: __private :: finish (",
             ":: core :: convert :: From :: from",
         ] {
             assert!(

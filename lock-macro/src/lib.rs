@@ -1,7 +1,7 @@
-//! The `#[distributed_lock]` attribute of the `distributed-lock` crate.
+//! The `#[distributed_lock]` attribute of the `distlock` crate.
 //!
-//! Use it through the facade (`use distributed_lock::distributed_lock;`): the code it generates
-//! calls `::distributed_lock::__private`, so this crate alone is not enough.
+//! Use it through the facade (`use distlock::distributed_lock;`): the code it generates
+//! calls `::distlock::__private`, so this crate alone is not enough.
 //!
 //! This file is only the entry point: parse the arguments ([`args`]), check them against the fn
 //! and rewrite it ([`expand`]). Duration literals live in [`duration`], key templates in [`key`].
@@ -17,7 +17,7 @@ use proc_macro::TokenStream;
 /// Runs an `async fn` under a distributed lock: acquire before the body, release after it.
 ///
 /// ```rust,ignore
-/// use distributed_lock::distributed_lock;
+/// use distlock::distributed_lock;
 ///
 /// #[distributed_lock(key = "book:{isbn}", wait = "10s", lease = "5s")]
 /// async fn register(&self, isbn: &str) -> Result<Book, AppError> {
@@ -42,7 +42,7 @@ use proc_macro::TokenStream;
 ///   `Err(LockError::LeaseLost)` (skip mode logs it instead).
 /// - `locker = <expr>`: the `Locker` to use (`Locker`, `&Locker`, `Arc<Locker>`), e.g.
 ///   `locker = self.locks`. Default: the installed default locker.
-/// - `crate = "path"`: where `distributed_lock` is, for crates that re-export it.
+/// - `crate = "path"`: where `distlock` is, for crates that re-export it.
 ///
 /// Durations are string literals checked at compile time (units `ms`, `s`, `m`, `h`, `d`, largest
 /// first: `"1m30s"`) or any expression of type `Duration`, such as a `const`.

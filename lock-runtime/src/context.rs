@@ -17,8 +17,8 @@ tokio::task_local! {
 /// Use it to pass the fencing token to the store the body writes to:
 ///
 /// ```
-/// # async fn demo() -> Result<(), distributed_lock_runtime::LockError> {
-/// use distributed_lock_runtime::{current, LockOptions, Locker};
+/// # async fn demo() -> Result<(), distlock_runtime::LockError> {
+/// use distlock_runtime::{current, LockOptions, Locker};
 /// let locker = Locker::in_memory();
 /// let guard = locker.acquire("ranking", LockOptions::new()).await?;
 /// let fence = guard

@@ -62,7 +62,7 @@ pub enum LockError {
 
     /// `#[distributed_lock]` without `locker = ...` ran before a default locker was installed.
     #[error(
-        "no default locker is installed: call `distributed_lock::install(Locker::connect(url).await?)` \
+        "no default locker is installed: call `distlock::install(Locker::connect(url).await?)` \
          once at start-up, or pass `locker = <expr>` to #[distributed_lock]"
     )]
     NoDefaultLocker,

@@ -220,9 +220,9 @@ impl HeldLock {
 /// end; dropping it (early return, panic, cancelled future) releases in the background.
 ///
 /// ```
-/// # async fn demo() -> Result<(), distributed_lock_runtime::LockError> {
+/// # async fn demo() -> Result<(), distlock_runtime::LockError> {
 /// use std::time::Duration;
-/// use distributed_lock_runtime::{LockOptions, Locker};
+/// use distlock_runtime::{LockOptions, Locker};
 ///
 /// let locker = Locker::in_memory();
 /// let guard = locker.acquire("book:978-0", LockOptions::new().lease(Duration::from_secs(5))).await?;

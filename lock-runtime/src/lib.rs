@@ -1,5 +1,5 @@
-//! The runtime of `distributed-lock`: owner-safe Redis locks with waiting, leases, watchdog
-//! renewal and fencing tokens. Most users reach it through the `distributed-lock` facade and its
+//! The runtime of `distlock`: owner-safe Redis locks with waiting, leases, watchdog
+//! renewal and fencing tokens. Most users reach it through the `distlock` facade and its
 //! `#[distributed_lock]` attribute; everything here can also be called by hand.
 //!
 //! # Data model (single Redis server)

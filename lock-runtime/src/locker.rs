@@ -42,9 +42,9 @@ const RENEW_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Lock-takers' handle on one backend. Cheap to clone; clones share the connections.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), distributed_lock_runtime::LockError> {
+/// # async fn demo() -> Result<(), distlock_runtime::LockError> {
 /// use std::time::Duration;
-/// use distributed_lock_runtime::{LockOptions, Locker};
+/// use distlock_runtime::{LockOptions, Locker};
 ///
 /// let locker = Locker::connect("redis://127.0.0.1:6379/0").await?;
 /// let guard = locker
@@ -102,9 +102,9 @@ impl Locker {
     /// Settings for a Redis locker: key prefix, watchdog lease, renewal interval, timeouts.
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), distributed_lock_runtime::LockError> {
+    /// # async fn demo() -> Result<(), distlock_runtime::LockError> {
     /// use std::time::Duration;
-    /// let locker = distributed_lock_runtime::Locker::builder("redis://:secret@cache:6379/2")
+    /// let locker = distlock_runtime::Locker::builder("redis://:secret@cache:6379/2")
     ///     .key_prefix("billing:lock:")
     ///     .watchdog_lease(Duration::from_secs(10))
     ///     .connect_timeout(Duration::from_secs(2))
@@ -717,8 +717,8 @@ static DEFAULT_LOCKER: RwLock<Option<Locker>> = RwLock::new(None);
 /// `locker = ...`. Returns the one it replaces, if any.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), distributed_lock_runtime::LockError> {
-/// use distributed_lock_runtime::{install, Locker};
+/// # async fn demo() -> Result<(), distlock_runtime::LockError> {
+/// use distlock_runtime::{install, Locker};
 /// install(Locker::connect("redis://127.0.0.1:6379").await?);
 /// # Ok(()) }
 /// ```

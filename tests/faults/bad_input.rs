@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use distributed_lock::{LockError, LockOptions, Locker, MAX_KEY_LEN};
+use distlock::{LockError, LockOptions, Locker, MAX_KEY_LEN};
 use redis::aio::MultiplexedConnection as Connection;
 use tokio::time::Instant;
 
@@ -271,7 +271,7 @@ async fn race(lockers: Option<(&Locker, &Locker)>, key: &str) -> i64 {
 /// within `ERROR_BOUND`; returns the message.
 fn backend_error(
     key: &str,
-    result: Result<distributed_lock::LockGuard, LockError>,
+    result: Result<distlock::LockGuard, LockError>,
     started: Instant,
     needle: &str,
 ) -> String {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use distributed_lock::{LockGuard, LockOptions, Locker};
+use distlock::{LockGuard, LockOptions, Locker};
 use redis::aio::MultiplexedConnection as Connection;
 use tokio::sync::{Mutex, oneshot};
 use tokio::time::Instant;

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use distributed_lock::{DEFAULT_KEY_PREFIX, LockOptions, Locker};
+use distlock::{DEFAULT_KEY_PREFIX, LockOptions, Locker};
 use tokio::runtime::Runtime;
 
 use crate::report::FaultRow;

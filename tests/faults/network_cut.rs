@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use distributed_lock::{LockError, LockGuard, LockOptions, Locker};
+use distlock::{LockError, LockGuard, LockOptions, Locker};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 

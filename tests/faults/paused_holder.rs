@@ -19,7 +19,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use distributed_lock::{DEFAULT_KEY_PREFIX, LockOptions, Locker};
+use distlock::{DEFAULT_KEY_PREFIX, LockOptions, Locker};
 use serde_json::Value;
 use tokio::runtime::Runtime;
 

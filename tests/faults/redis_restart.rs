@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use distributed_lock::{LockError, LockOptions, Locker};
+use distlock::{LockError, LockOptions, Locker};
 use tokio::sync::Barrier;
 use tokio::time::Instant;
 

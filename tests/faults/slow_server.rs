@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use distributed_lock::{BackendError, LockError, LockGuard, LockOptions, Locker};
+use distlock::{BackendError, LockError, LockGuard, LockOptions, Locker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

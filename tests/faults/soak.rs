@@ -274,7 +274,7 @@ fn lock_keys(conn: &mut redis::Connection) -> Vec<String> {
     let mut keys: Vec<String> = redis::cmd("SCAN")
         .cursor_arg(0)
         .arg("MATCH")
-        .arg(format!("{}*", distributed_lock::DEFAULT_KEY_PREFIX))
+        .arg(format!("{}*", distlock::DEFAULT_KEY_PREFIX))
         .arg("COUNT")
         .arg(1000)
         .clone()

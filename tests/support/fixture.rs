@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use distributed_lock::{Locker, LockerBuilder};
+use distlock::{Locker, LockerBuilder};
 
 use super::redis_server::RedisServer;
 

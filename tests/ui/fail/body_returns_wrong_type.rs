@@ -1,4 +1,4 @@
-use distributed_lock::{LockError, distributed_lock};
+use distlock::{LockError, distributed_lock};
 
 #[distributed_lock(key = "counter")]
 async fn next_value() -> Result<u64, LockError> {

@@ -1,4 +1,4 @@
-use distributed_lock::{LockError, distributed_lock};
+use distlock::{LockError, distributed_lock};
 
 #[distributed_lock(key = "ranking", lease = "99999999999999999d")]
 async fn rebuild_ranking() -> Result<(), LockError> {

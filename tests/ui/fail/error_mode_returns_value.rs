@@ -1,4 +1,4 @@
-use distributed_lock::distributed_lock;
+use distlock::distributed_lock;
 
 #[distributed_lock(key = "counter:{name}", on_busy = "error")]
 async fn next_value(name: &str) -> u64 {

@@ -1,4 +1,4 @@
-use distributed_lock::distributed_lock;
+use distlock::distributed_lock;
 
 #[distributed_lock(key = "nightly", lease = "5m", hold_at_least = "10m", on_busy = "skip")]
 async fn nightly_cleanup() {}

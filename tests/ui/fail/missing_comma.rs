@@ -1,4 +1,4 @@
-use distributed_lock::{LockError, distributed_lock};
+use distlock::{LockError, distributed_lock};
 
 #[distributed_lock(key = "ranking" wait = "5s")]
 async fn rebuild_ranking() -> Result<(), LockError> {

@@ -1,4 +1,4 @@
-use distributed_lock::{LockError, distributed_lock};
+use distlock::{LockError, distributed_lock};
 
 struct Order {
     id: u64,

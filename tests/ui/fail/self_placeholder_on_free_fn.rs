@@ -1,4 +1,4 @@
-use distributed_lock::{LockError, distributed_lock};
+use distlock::{LockError, distributed_lock};
 
 #[distributed_lock(key = "account:{self.id}")]
 async fn close_account(id: u64) -> Result<(), LockError> {

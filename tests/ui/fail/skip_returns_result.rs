@@ -1,4 +1,4 @@
-use distributed_lock::{LockError, distributed_lock};
+use distlock::{LockError, distributed_lock};
 
 #[distributed_lock(key = "nightly", on_busy = "skip")]
 async fn nightly_cleanup() -> Result<u32, LockError> {

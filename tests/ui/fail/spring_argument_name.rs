@@ -1,4 +1,4 @@
-use distributed_lock::{LockError, distributed_lock};
+use distlock::{LockError, distributed_lock};
 
 // The Spring/Redisson spelling gets a pointer to ours.
 #[distributed_lock(key = "ranking", waitTime = "10s")]

@@ -1,7 +1,7 @@
 // Durations given as `Duration` expressions: consts, calls, and a mix with literals.
 use std::time::Duration;
 
-use distributed_lock::{LockError, Locker, distributed_lock, install};
+use distlock::{LockError, Locker, distributed_lock, install};
 
 const WAIT: Duration = Duration::from_secs(2);
 const LEASE: Duration = Duration::from_secs(30);

@@ -1,6 +1,6 @@
-// `crate = "path"`: a crate (here a module) that re-exports distributed_lock.
+// `crate = "path"`: a crate (here a module) that re-exports distlock.
 mod my_reexport {
-    pub use distributed_lock::*;
+    pub use distlock::*;
 }
 
 mod jobs {
@@ -19,7 +19,7 @@ async fn reexported() -> Result<u8, LockError> {
     Ok(1)
 }
 
-#[distributed_lock(key = "absolute", crate = "::distributed_lock", on_busy = "skip")]
+#[distributed_lock(key = "absolute", crate = "::distlock", on_busy = "skip")]
 async fn absolute() -> Option<u8> {
     Some(3)
 }

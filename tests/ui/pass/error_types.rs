@@ -1,7 +1,7 @@
 // Error types reached through `From`: boxed errors, aliases named `Result`, a user enum.
 use std::error::Error;
 
-use distributed_lock::{LockError, distributed_lock};
+use distlock::{LockError, distributed_lock};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 

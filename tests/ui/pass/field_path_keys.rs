@@ -1,5 +1,5 @@
 // Field paths, tuple indices, destructured parameters and literal braces in keys.
-use distributed_lock::{LockError, Locker, current, distributed_lock, install};
+use distlock::{LockError, Locker, current, distributed_lock, install};
 
 struct User {
     id: u64,

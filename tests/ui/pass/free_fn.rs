@@ -1,5 +1,5 @@
 // A free fn: the key is built from a parameter, the body sees the lock through `current()`.
-use distributed_lock::{LockError, Locker, current, distributed_lock, install};
+use distlock::{LockError, Locker, current, distributed_lock, install};
 
 #[distributed_lock(key = "book:{isbn}", wait = "10s", lease = "5s")]
 async fn register(isbn: &str) -> Result<String, LockError> {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use distributed_lock::{LockError, Locker, distributed_lock, install};
+use distlock::{LockError, Locker, distributed_lock, install};
 
 struct Store {
     locks: Arc<Locker>,

@@ -1,7 +1,7 @@
 // Generic fns, where clauses, and `?` converting into a generic error type.
 use std::fmt::Display;
 
-use distributed_lock::{LockError, Locker, current, distributed_lock, install};
+use distlock::{LockError, Locker, current, distributed_lock, install};
 
 #[distributed_lock(key = "item:{id}")]
 async fn load<T, E>(id: T, fail: bool) -> Result<String, E>

@@ -1,7 +1,7 @@
 // `impl Trait` in argument position (keyed by Display) and in the return type.
 use std::fmt::Display;
 
-use distributed_lock::{LockError, Locker, current, distributed_lock, install};
+use distlock::{LockError, Locker, current, distributed_lock, install};
 
 #[distributed_lock(key = "user:{user}")]
 async fn greet(user: impl Display, greeting: impl AsRef<str>) -> Result<String, LockError> {

@@ -1,5 +1,5 @@
 // Explicit and elided lifetimes in parameters and return types.
-use distributed_lock::{LockError, Locker, distributed_lock, install};
+use distlock::{LockError, Locker, distributed_lock, install};
 
 #[distributed_lock(key = "first:{text}")]
 async fn first_word<'a>(text: &'a str) -> Result<&'a str, LockError> {

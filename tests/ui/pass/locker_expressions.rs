@@ -1,7 +1,7 @@
 // `locker = <expr>`: a field, an `Arc<Locker>`, a `&Locker` parameter, a function call.
 use std::sync::{Arc, OnceLock};
 
-use distributed_lock::{LockError, Locker, distributed_lock};
+use distlock::{LockError, Locker, distributed_lock};
 
 struct Service {
     locks: Locker,

@@ -1,5 +1,5 @@
 // `&self`, `&mut self` and `self` receivers, with `{self.field}` keys.
-use distributed_lock::{LockError, Locker, current, distributed_lock, install};
+use distlock::{LockError, Locker, current, distributed_lock, install};
 
 struct Account {
     id: u64,

@@ -1,7 +1,7 @@
 // The user's names never clash with the generated ones (hygiene).
 #![deny(unused_variables)]
 
-use distributed_lock::{LockError, Locker, distributed_lock, install};
+use distlock::{LockError, Locker, distributed_lock, install};
 
 #[distributed_lock(key = "k:{guard}:{key}")]
 async fn shadowing(guard: u8, key: u8, out: u8, error: u8) -> Result<u8, LockError> {

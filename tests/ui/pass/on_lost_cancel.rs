@@ -1,5 +1,5 @@
 // `on_lost = "cancel"` in both modes, with `?` and early returns in the body.
-use distributed_lock::{LockError, Locker, distributed_lock, install};
+use distlock::{LockError, Locker, distributed_lock, install};
 
 #[derive(Debug)]
 enum AppError {

@@ -1,7 +1,7 @@
 // `on_busy = "skip"`: `()`, `-> ()` and `Option<T>` fns; `return` inside the body.
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use distributed_lock::{Locker, distributed_lock, install};
+use distlock::{Locker, distributed_lock, install};
 
 static RUNS: AtomicU32 = AtomicU32::new(0);
 

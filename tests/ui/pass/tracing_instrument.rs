@@ -1,5 +1,5 @@
 // Stacked with `#[tracing::instrument]`, in both orders.
-use distributed_lock::{LockError, Locker, current, distributed_lock, install};
+use distlock::{LockError, Locker, current, distributed_lock, install};
 
 #[tracing::instrument]
 #[distributed_lock(key = "outer:{id}")]

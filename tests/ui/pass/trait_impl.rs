@@ -1,5 +1,5 @@
 // `async fn` in a trait impl (native async fn in traits).
-use distributed_lock::{LockError, Locker, current, distributed_lock, install};
+use distlock::{LockError, Locker, current, distributed_lock, install};
 
 trait Job {
     async fn run(&self, day: u32) -> Result<String, LockError>;
