@@ -55,7 +55,11 @@
 //! and lifetimes keep their meaning, and its future completes before the release: a transaction
 //! committed in the body is committed before the unlock (what Spring needs `REQUIRES_NEW` for).
 //! An early return, an error, a panic, or the caller dropping the future all release the lock.
-//! A nested call to another locked fn with the same key in the same task re-enters.
+//! Reentrant by call nesting: a call made inside the body that locks the same key through the
+//! same [`Locker`] re-enters at once; any other call waits, even a future joined next to it in
+//! the same task (`join!`, `join_all`, `select!`). A nested call never gets less protection than
+//! it asked for: inside a fixed lease, a longer nested `lease` extends the lock and a nested call
+//! without `lease` (the watchdog) is [`LockError::InvalidOptions`]. See [`Locker::acquire`].
 //!
 //! What a call expands to, in spirit:
 //!
@@ -83,6 +87,7 @@
 //! | a lease that ran out mid-work goes unnoticed | `LeaseLost` returned (or the body cancelled) |
 //! | commit before unlock needs `REQUIRES_NEW` | the body's future completes before the release |
 //! | self-invocation bypasses the proxy | every call is locked: the fn itself is rewritten |
+//! | `RLock` reentrant per thread | reentrant by call nesting |
 //!
 //! # By hand
 //!

@@ -341,7 +341,8 @@ async fn busy_in_error_mode_returns_not_acquired_without_running_the_body() {
     let svc = Service::new(&fx).await;
     let held = fx.locker.acquire("slow", LockOptions::new()).await.unwrap();
     let svc2 = svc.clone();
-    // Another task: the holder's own task would re-enter.
+    // Another task, as the caller would be in practice (this task, outside the lock's scope, would
+    // be refused the same way).
     let result = tokio::spawn(async move { svc2.busy_try_once().await })
         .await
         .unwrap();
@@ -404,4 +405,57 @@ async fn a_lease_lost_to_a_dead_server_is_reported_although_the_release_fails_to
         matches!(result, Err(LockError::LeaseLost { ref key }) if key == "outage"),
         "{result:?}"
     );
+}
+
+impl Service {
+    #[distributed_lock(key = "mixed", lease = "5s", locker = self.locks)]
+    async fn fixed_lease_around_watchdog(&self) -> Result<(), LockError> {
+        self.watchdog_call().await
+    }
+
+    #[distributed_lock(key = "mixed", locker = self.locks)]
+    async fn watchdog_call(&self) -> Result<(), LockError> {
+        self.finished.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    #[distributed_lock(key = "grown", lease = "200ms", locker = self.locks)]
+    async fn short_lease_around_long_lease(&self) -> Result<(), LockError> {
+        self.long_lease_call().await
+    }
+
+    /// Outlives the outer call's lease (twice over, for a loaded machine) under its own.
+    #[distributed_lock(key = "grown", lease = "10s", locker = self.locks)]
+    async fn long_lease_call(&self) -> Result<(), LockError> {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        self.finished.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_watchdog_call_inside_a_fixed_lease_is_refused_before_its_body() {
+    let fx = Fixture::redis().await;
+    let svc = Service::new(&fx).await;
+    let result = svc.fixed_lease_around_watchdog().await;
+    assert!(
+        matches!(result, Err(LockError::InvalidOptions { key: Some(ref key), .. }) if key == "mixed"),
+        "{result:?}"
+    );
+    assert!(
+        !svc.finished.load(Ordering::SeqCst),
+        "the nested body ran without the protection it asked for"
+    );
+    assert!(free_within(&fx.locker, "mixed", Duration::ZERO).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_call_with_a_longer_lease_keeps_the_lock_for_it() {
+    let fx = Fixture::redis().await;
+    let svc = Service::new(&fx).await;
+    svc.short_lease_around_long_lease()
+        .await
+        .expect("the nested call ran under its own lease, not the outer one");
+    assert!(svc.finished.load(Ordering::SeqCst));
+    assert!(free_within(&fx.locker, "grown", Duration::ZERO).await);
 }

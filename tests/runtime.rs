@@ -3,11 +3,12 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use distlock::{LockError, LockOptions};
+use distlock::{LockError, LockOptions, Locker, distributed_lock};
 use support::fixture::Fixture;
-use tokio::sync::Barrier;
+use tokio::sync::{Barrier, oneshot};
 use tokio::time::Instant;
 
 const TASKS: usize = 50;
@@ -22,7 +23,7 @@ async fn time_to_acquire(locker: &distlock::Locker, key: &str, wait: Duration) -
     let started = Instant::now();
     let locker = locker.clone();
     let key = key.to_owned();
-    // A separate task: the caller may hold the key itself, and reentrancy is per task.
+    // A separate task: outside any scope of the caller's, whatever the caller holds.
     tokio::spawn(async move {
         let guard = locker
             .acquire(
@@ -234,25 +235,337 @@ async fn fencing_numbers_strictly_increase_across_lockers(fx: Fixture) {
     }
 }
 
-async fn a_task_reenters_its_own_lock(fx: Fixture) {
+async fn a_call_inside_the_guards_scope_reenters_at_once(fx: Fixture) {
     let outer = fx.locker.acquire("re", LockOptions::new()).await.unwrap();
+    outer
+        .scope(async {
+            let calls_before = evalsha_calls(&fx).await;
+            let inner = fx.locker.acquire("re", quick()).await.expect("re-entry");
+            assert_eq!(inner.fencing_token(), outer.fencing_token());
+            inner.release().await.unwrap();
+            if fx.is_redis() {
+                assert_eq!(
+                    evalsha_calls(&fx).await,
+                    calls_before,
+                    "re-entry or its release made a round trip"
+                );
+            }
+            assert!(
+                !is_free(&fx.locker, "re").await,
+                "the inner release released the lock"
+            );
+        })
+        .await;
+    outer.release().await.unwrap();
+    assert!(is_free(&fx.locker, "re").await);
+}
+
+/// Calls of [`locked_section`] joined in one task, started this far apart (the shape of the
+/// report: `join_all` over calls that arrive one after another).
+const JOINED_CALLS: u32 = 4;
+const STAGGER: Duration = Duration::from_millis(10);
+/// How long a body stays inside: longer than all the staggers together, so that without the lock
+/// every later call arrives while the first is still inside.
+const SECTION: Duration = Duration::from_millis(60);
+
+/// How many bodies are inside at once, and the most there ever were.
+#[derive(Default)]
+struct Inside {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Inside {
+    async fn section(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(SECTION).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[distributed_lock(key = "joined", wait = "10s", locker = locker)]
+async fn locked_section(locker: &Locker, inside: &Inside) -> Result<(), LockError> {
+    inside.section().await;
+    Ok(())
+}
+
+async fn most_inside_at_once(locker: &Locker, locked: bool) -> usize {
+    let inside = Inside::default();
+    let calls = (0..JOINED_CALLS).map(|i| {
+        let inside = &inside;
+        async move {
+            tokio::time::sleep(STAGGER * i).await;
+            if locked {
+                locked_section(locker, inside).await.expect("locked call");
+            } else {
+                inside.section().await;
+            }
+        }
+    });
+    futures::future::join_all(calls).await;
+    inside.most.load(Ordering::SeqCst)
+}
+
+async fn calls_of_a_locked_fn_joined_in_one_task_never_overlap(fx: Fixture) {
+    let control = most_inside_at_once(&fx.locker, false).await;
+    let locked = most_inside_at_once(&fx.locker, true).await;
+    assert!(
+        control > 1,
+        "the control without the lock never overlapped, so the test shows nothing"
+    );
+    assert_eq!(locked, 1, "joined calls were inside the lock at once");
+}
+
+async fn acquires_joined_in_one_task_wait_for_each_other(fx: Fixture) {
+    let (held_tx, held_rx) = oneshot::channel();
+    let (got_tx, mut got_rx) = oneshot::channel();
+    let first = async {
+        let guard = fx
+            .locker
+            .acquire("joined", LockOptions::new())
+            .await
+            .unwrap();
+        held_tx.send(()).unwrap();
+        // Keep the lock until the second acquire is seen waiting for it.
+        tokio::select! {
+            biased;
+            _ = &mut got_rx => panic!("the second acquire got the lock while the first held it"),
+            () = wait_until_subscribed(&fx, "joined") => {}
+        }
+        guard.release().await.unwrap();
+    };
+    let second = async {
+        held_rx.await.unwrap();
+        let guard = fx
+            .locker
+            .acquire("joined", LockOptions::new())
+            .await
+            .expect("the second acquire, after the first released");
+        let _ = got_tx.send(());
+        guard.release().await.unwrap();
+    };
+    tokio::join!(first, second);
+}
+
+async fn a_guard_moved_to_another_task_takes_its_ownership_along(fx: Fixture) {
+    let guard = fx
+        .locker
+        .acquire("moved", LockOptions::new())
+        .await
+        .unwrap();
+    let (moved_tx, moved_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let locker = fx.locker.clone();
+    let new_owner = tokio::spawn(async move {
+        let nested = guard
+            .scope(locker.acquire("moved", quick()))
+            .await
+            .expect("the task holding the guard re-enters in its scope");
+        nested.release().await.unwrap();
+        moved_tx.send(()).unwrap();
+        let _ = done_rx.await;
+        guard.release().await
+    });
+    moved_rx.await.unwrap();
+    let again = fx.locker.acquire("moved", quick()).await;
+    assert!(
+        matches!(again, Err(LockError::NotAcquired { .. })),
+        "the task that gave its guard away still re-entered: {again:?}"
+    );
+    done_tx.send(()).unwrap();
+    new_owner.await.unwrap().expect("release by the new owner");
+    assert!(is_free(&fx.locker, "moved").await);
+}
+
+async fn pttl(fx: &Fixture, key: &str) -> i64 {
+    let mut conn = fx.server().client().await;
+    redis::cmd("PTTL")
+        .arg(format!("lock:{{{key}}}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn a_nested_call_with_a_longer_fixed_lease_extends_the_lock(fx: Fixture) {
+    let short = Duration::from_millis(300);
+    let long = Duration::from_secs(10);
+    let outer = fx
+        .locker
+        .acquire("extended", LockOptions::new().lease(short))
+        .await
+        .unwrap();
     let calls_before = evalsha_calls(&fx).await;
-    let inner = fx.locker.acquire("re", quick()).await.expect("re-entry");
-    assert_eq!(inner.fencing_token(), outer.fencing_token());
+    let shorter = outer
+        .scope(fx.locker.acquire("extended", quick().lease(short / 2)))
+        .await
+        .expect("re-entry with a shorter lease");
     if fx.is_redis() {
         assert_eq!(
             evalsha_calls(&fx).await,
             calls_before,
-            "re-entry made a round trip"
+            "a re-entry the outer lease covers made a round trip"
         );
     }
-    inner.release().await.unwrap();
+    let longer = outer
+        .scope(fx.locker.acquire("extended", quick().lease(long)))
+        .await
+        .expect("re-entry with a longer lease");
+    assert_eq!(longer.fencing_token(), outer.fencing_token());
+    if fx.is_redis() {
+        let left = pttl(&fx, "extended").await;
+        assert!(
+            left > short.as_millis() as i64,
+            "PTTL {left} ms: not extended"
+        );
+    }
+    // Past the outer lease (twice over, for a loaded machine): still held, by both views.
+    tokio::time::sleep(short * 2).await;
     assert!(
-        !is_free(&fx.locker, "re").await,
-        "the inner release released the lock"
+        !outer.is_lost(),
+        "the holder thinks the extended lease ran out"
     );
+    assert!(
+        !is_free(&fx.locker, "extended").await,
+        "the lock expired with the outer lease"
+    );
+    shorter.release().await.unwrap();
+    longer.release().await.unwrap();
     outer.release().await.unwrap();
-    assert!(is_free(&fx.locker, "re").await);
+    assert!(is_free(&fx.locker, "extended").await);
+}
+
+async fn extending_a_lock_that_is_gone_is_lease_lost(fx: Fixture) {
+    if !fx.is_redis() {
+        return; // deleting a lock behind its holder's back needs the server
+    }
+    let outer = fx
+        .locker
+        .acquire("vanished", LockOptions::new().lease(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let mut conn = fx.server().client().await;
+    let () = redis::cmd("DEL")
+        .arg("lock:{vanished}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let nested = outer
+        .scope(
+            fx.locker
+                .acquire("vanished", quick().lease(Duration::from_secs(10))),
+        )
+        .await;
+    assert!(
+        matches!(nested, Err(LockError::LeaseLost { ref key }) if key == "vanished"),
+        "{nested:?}"
+    );
+    assert!(outer.is_lost(), "the outer guard was not told");
+    assert!(matches!(
+        outer.release().await,
+        Err(LockError::LeaseLost { .. })
+    ));
+}
+
+async fn a_nested_watchdog_call_inside_a_fixed_lease_is_a_clear_error(fx: Fixture) {
+    let fixed = fx
+        .locker
+        .acquire("fixed", LockOptions::new().lease(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let err = fixed
+        .scope(fx.locker.acquire("fixed", quick()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LockError::InvalidOptions { key: Some(ref key), .. } if key == "fixed"),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    for words in [
+        "watchdog",
+        "fixed lease",
+        "give the outer call the watchdog",
+    ] {
+        assert!(message.contains(words), "{message}");
+    }
+    fixed.release().await.unwrap();
+
+    // The other way round is covered: the watchdog keeps the lock for a nested fixed lease.
+    let watched = fx
+        .locker
+        .acquire("watched", LockOptions::new())
+        .await
+        .unwrap();
+    let nested = watched
+        .scope(
+            fx.locker
+                .acquire("watched", quick().lease(Duration::from_secs(1))),
+        )
+        .await
+        .expect("a fixed lease nested in a watchdog lock");
+    assert_eq!(nested.fencing_token(), watched.fencing_token());
+    nested.release().await.unwrap();
+    watched.release().await.unwrap();
+}
+
+async fn a_nested_hold_at_least_keeps_the_lock_after_the_outer_release(fx: Fixture) {
+    let hold = Duration::from_millis(400);
+    let outer = fx.locker.acquire("kept", LockOptions::new()).await.unwrap();
+    let inner = outer
+        .scope(fx.locker.acquire("kept", quick().hold_at_least(hold)))
+        .await
+        .expect("re-entry");
+    let entered = Instant::now();
+    inner.release().await.unwrap();
+    outer.release().await.unwrap();
+    assert!(
+        !is_free(&fx.locker, "kept").await,
+        "the release ignored the nested call's hold_at_least"
+    );
+    if fx.is_redis() {
+        let left = pttl(&fx, "kept").await;
+        assert!(left > 0 && left <= 400, "PTTL {left}");
+    }
+    time_to_acquire(&fx.locker, "kept", Duration::from_secs(5)).await;
+    assert!(entered.elapsed() >= hold - Duration::from_millis(20));
+}
+
+#[distributed_lock(key = "nested", wait = "0s", locker = fx.locker)]
+async fn outer_call(fx: &Fixture) -> Result<(), LockError> {
+    let outer_fence = distlock::current().map(|lock| lock.fencing_token());
+    let calls_before = evalsha_calls(fx).await;
+    let inner_fence = inner_call(fx).await?;
+    assert_eq!(
+        Some(inner_fence),
+        outer_fence,
+        "the nested call took a new lock"
+    );
+    if fx.is_redis() {
+        assert_eq!(
+            evalsha_calls(fx).await,
+            calls_before,
+            "the nested call or its release made a round trip"
+        );
+    }
+    assert!(
+        !is_free(&fx.locker, "nested").await,
+        "the nested call's release freed the lock"
+    );
+    Ok(())
+}
+
+#[distributed_lock(key = "nested", wait = "0s", locker = fx.locker)]
+async fn inner_call(fx: &Fixture) -> Result<u64, LockError> {
+    Ok(distlock::current().expect("inside a lock").fencing_token())
+}
+
+async fn a_nested_locked_call_reenters_at_once(fx: Fixture) {
+    outer_call(&fx).await.expect("nested call");
+    assert!(
+        is_free(&fx.locker, "nested").await,
+        "the outer release left the lock"
+    );
 }
 
 async fn another_task_waits_for_the_holder(fx: Fixture) {
@@ -547,7 +860,15 @@ both_backends!(
     no_renewal_is_sent_after_release,
     a_release_after_expiry_is_lease_lost_and_keeps_the_new_owner,
     fencing_numbers_strictly_increase_across_lockers,
-    a_task_reenters_its_own_lock,
+    a_call_inside_the_guards_scope_reenters_at_once,
+    calls_of_a_locked_fn_joined_in_one_task_never_overlap,
+    acquires_joined_in_one_task_wait_for_each_other,
+    a_guard_moved_to_another_task_takes_its_ownership_along,
+    a_nested_call_with_a_longer_fixed_lease_extends_the_lock,
+    extending_a_lock_that_is_gone_is_lease_lost,
+    a_nested_watchdog_call_inside_a_fixed_lease_is_a_clear_error,
+    a_nested_hold_at_least_keeps_the_lock_after_the_outer_release,
+    a_nested_locked_call_reenters_at_once,
     another_task_waits_for_the_holder,
     a_dropped_guard_frees_the_lock_promptly,
     a_panicking_holder_frees_the_lock_promptly,

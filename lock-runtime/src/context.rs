@@ -1,14 +1,26 @@
-//! What the current task holds: the innermost lock for `current()`, and the owner identity that
-//! makes a second acquire of a held key re-entrant.
+//! The locks the running call is inside of: the scopes opened by `#[distributed_lock]` bodies and
+//! [`crate::LockGuard::scope`], innermost first. `current()` reads the innermost; an acquire of a
+//! key that an enclosing scope holds re-enters it (see `reentry`).
 //!
-//! Both are per task, never per thread: tokio moves tasks between threads.
+//! The scopes are task-local and follow the nesting of futures, not tasks or threads: a future
+//! joined next to a locked body (`join!`, `select!`) is outside its scope, and a task spawned
+//! from inside starts outside every scope.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use crate::guard::LockHandle;
+use crate::guard::{HeldLock, LockHandle};
+use crate::locker::LockerInner;
 
 tokio::task_local! {
-    static CURRENT: LockHandle;
+    static CURRENT: Arc<Scope>;
+}
+
+/// One open scope and the scopes around it: an immutable chain, so a nested scope shares its
+/// outer ones instead of copying them.
+struct Scope {
+    handle: LockHandle,
+    outer: Option<Arc<Scope>>,
 }
 
 /// The innermost lock held by the running `#[distributed_lock]` body (or by a
@@ -30,28 +42,29 @@ tokio::task_local! {
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 /// ```
 pub fn current() -> Option<LockHandle> {
-    CURRENT.try_with(LockHandle::clone).ok()
+    CURRENT.try_with(|scope| scope.handle.clone()).ok()
 }
 
-/// Runs `fut` with `handle` as the task's current lock.
+/// Runs `fut` inside the scope of `handle`'s lock, nested in the scopes it is polled in.
 pub(crate) async fn scope<F: Future>(handle: LockHandle, fut: F) -> F::Output {
-    CURRENT.scope(handle, fut).await
+    let outer = CURRENT.try_with(Arc::clone).ok();
+    CURRENT.scope(Arc::new(Scope { handle, outer }), fut).await
 }
 
-/// Who holds a lock inside this process, for reentrancy: the tokio task, or the thread for code
-/// that runs outside any task (the future given to `Runtime::block_on`, `#[tokio::main]`,
-/// `#[tokio::test]`), which never leaves its thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Owner {
-    Task(tokio::task::Id),
-    Thread(std::thread::ThreadId),
-}
-
-impl Owner {
-    pub(crate) fn current() -> Owner {
-        match tokio::task::try_id() {
-            Some(id) => Owner::Task(id),
-            None => Owner::Thread(std::thread::current().id()),
-        }
-    }
+/// The acquisition of `key` through `locker` that the running call is inside of, innermost first.
+pub(crate) fn enclosing(locker: &Arc<LockerInner>, key: &str) -> Option<Arc<HeldLock>> {
+    CURRENT
+        .try_with(|innermost| {
+            let mut scope = Some(innermost);
+            while let Some(open) = scope {
+                let held = open.handle.held();
+                if Arc::ptr_eq(&held.locker, locker) && held.key == key {
+                    return Some(Arc::clone(held));
+                }
+                scope = open.outer.as_ref();
+            }
+            None
+        })
+        .ok()
+        .flatten()
 }

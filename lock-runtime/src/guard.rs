@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,21 +12,30 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Released;
-use crate::context::{self, Owner};
+use crate::context;
 use crate::error::{BackendError, LockError};
 use crate::handoff::Handed;
 use crate::locker::LockerInner;
 
-/// The shared state of one acquisition in Redis. Re-entrant guards of the same task share it.
+/// The shared state of one acquisition in Redis. The guards of calls nested in its scope that
+/// re-entered it share it.
 pub(crate) struct HeldLock {
     pub(crate) locker: Arc<LockerInner>,
     pub(crate) key: String,
     pub(crate) token: String,
     pub(crate) fence: u64,
-    pub(crate) owner: Owner,
-    /// When `acquire` returned; `hold_at_least` counts from here.
+    /// When `acquire` returned.
     pub(crate) acquired_at: Instant,
-    pub(crate) hold_at_least: Option<Duration>,
+    /// The fixed lease it was taken with; `None`: the watchdog keeps it.
+    pub(crate) lease: Option<Duration>,
+    /// Until when a release keeps the lock instead of deleting it: the latest end any of its
+    /// guards asked for with `hold_at_least`.
+    pub(crate) hold_until: Mutex<Option<Instant>>,
+    /// How many guards of this acquisition are alive: only the last one releases it.
+    pub(crate) guards: AtomicUsize,
+    /// Taken while a re-entry extends the fixed lease, so that a shorter extension answered
+    /// later never moves the lease end past what the server was last told.
+    pub(crate) extending: tokio::sync::Mutex<()>,
     /// How many hand-overs in a row led to this holder (0: it took the lock free).
     pub(crate) handovers_in_a_row: u32,
     /// Cancelled when the lease is lost. Never cancelled by a release.
@@ -120,6 +129,32 @@ impl HeldLock {
         }
     }
 
+    /// One more guard of this acquisition, for a call nested in its scope; `None` once its last
+    /// guard has gone (the acquisition is being released).
+    pub(crate) fn enter(self: &Arc<Self>) -> Option<LockGuard> {
+        self.guards
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > 0).then_some(n + 1)
+            })
+            .ok()?;
+        Some(LockGuard::new(Arc::clone(self)))
+    }
+
+    /// Leaves one guard; true when it was the last, so the caller releases in the backend.
+    pub(crate) fn leave(&self) -> bool {
+        self.guards.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    /// Keeps the lock at release until at least `until` (the later of this and any end asked
+    /// for before).
+    pub(crate) fn hold_until_at_least(&self, until: Instant) {
+        let mut hold_until = self
+            .hold_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *hold_until = Some(hold_until.map_or(until, |earlier| earlier.max(until)));
+    }
+
     /// Stops the keeper and waits until it has stopped, so no renewal is sent after this returns.
     async fn stop_keeper(&self) {
         let keeper = self
@@ -136,9 +171,12 @@ impl HeldLock {
     /// The release in the backend, done once by the last guard of this acquisition.
     pub(crate) async fn release_in_backend(&self) -> Result<(), LockError> {
         self.stop_keeper().await;
-        let keep = self
-            .hold_at_least
-            .and_then(|hold| hold.checked_sub(self.acquired_at.elapsed()))
+        let hold_until = *self
+            .hold_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let keep = hold_until
+            .map(|until| until.saturating_duration_since(Instant::now()))
             .filter(|rest| !rest.is_zero());
         let released = self
             .hand_over_or_release(keep)
@@ -277,12 +315,15 @@ impl LockGuard {
         }
     }
 
-    /// Runs `fut` with this lock visible to [`crate::current`].
+    /// Runs `fut` inside this lock's scope: visible to [`crate::current`], and an acquire of the
+    /// same key through the same [`crate::Locker`] within `fut` re-enters this lock (see
+    /// [`crate::Locker::acquire`]).
     pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
         context::scope(self.handle(), fut).await
     }
 
-    /// Releases the lock: deletes it in Redis if this is the outermost guard and it still owns it
+    /// Releases the lock: deletes it in Redis if this is the last guard of its acquisition (the
+    /// outermost call's, unless a nested call's guard outlives it) and it still owns it
     /// (or shortens it to what remains of `hold_at_least`), and stops the watchdog first.
     ///
     /// Returns [`LockError::LeaseLost`] when the lease was lost while held: work done under it may
@@ -293,7 +334,7 @@ impl LockGuard {
         self.released = true;
         let held = Arc::clone(&self.held);
         drop(self);
-        if held.locker.leave(&held) {
+        if held.leave() {
             held.release_in_backend().await
         } else if held.is_lost() {
             Err(held.lease_lost())
@@ -309,7 +350,7 @@ impl Drop for LockGuard {
             return;
         }
         let held = Arc::clone(&self.held);
-        if !held.locker.leave(&held) {
+        if !held.leave() {
             return;
         }
         // Never block or panic here: hand the release to the runtime. Without a runtime (dropped
@@ -347,6 +388,10 @@ pub struct LockHandle {
 }
 
 impl LockHandle {
+    pub(crate) fn held(&self) -> &Arc<HeldLock> {
+        &self.held
+    }
+
     /// The key, as given to `acquire`.
     pub fn key(&self) -> &str {
         &self.held.key

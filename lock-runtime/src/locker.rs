@@ -1,7 +1,7 @@
 //! `Locker`: the cheap-clone handle users hold. Acquire, wait, keep the lease, install a default.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{RedisBackend, RedisSettings};
 use crate::backend::{Attempt, Backend};
-use crate::context::Owner;
 use crate::error::{BackendError, LockError};
 use crate::guard::{HeldLock, LeaseEnd, LockGuard};
 use crate::handoff::{Claimed, Queues};
 use crate::options::{LockOptions, MAX_DURATION, check_lease};
+use crate::reentry;
 
 /// The key prefix in Redis when none is set.
 pub const DEFAULT_KEY_PREFIX: &str = "lock:";
@@ -66,15 +66,10 @@ pub(crate) struct LockerInner {
     /// The runtime the locker was made on: Drop of a guard outside any runtime context still
     /// hands its release to it.
     pub(crate) runtime: Option<tokio::runtime::Handle>,
-    /// Locks held through this locker, per owning task: the re-entrancy table.
-    held: Mutex<HeldTable>,
     /// Tasks of this locker waiting for a lock, for hand-overs.
     pub(crate) queues: Queues,
     pub(crate) max_handovers_in_a_row: u32,
 }
-
-/// (owning task, key) -> (the acquisition, how many guards of that task hold it).
-type HeldTable = HashMap<(Owner, String), (Arc<HeldLock>, usize)>;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -133,7 +128,6 @@ impl Locker {
                 watchdog_lease,
                 renewal_interval,
                 runtime: tokio::runtime::Handle::try_current().ok(),
-                held: Mutex::new(HashMap::new()),
                 queues: Queues::default(),
                 max_handovers_in_a_row,
             }),
@@ -144,9 +138,19 @@ impl Locker {
     ///
     /// - Uncontended: one round trip. Busy: the caller subscribes to the lock's release channel,
     ///   retries once, then sleeps until a release message or the holder's expiry (no polling).
-    /// - Re-entrant: a task that already holds `key` through this locker gets it at once, with no
-    ///   round trip; only the outermost guard's release releases in Redis. Note that futures
-    ///   joined inside one task (`join!`, `select!`) are one holder: spawn tasks for concurrency.
+    /// - Re-entrant by call nesting: inside the scope of a lock of this locker (the body of a
+    ///   `#[distributed_lock]` fn, or [`LockGuard::scope`]), an acquire of the same key joins that
+    ///   lock at once, with no round trip; only the last guard of the acquisition releases in
+    ///   Redis. Anywhere else the caller is a caller like any other and waits, even a future
+    ///   joined next to the holder in the same task (`join!`, `join_all`, `select!`). A guard
+    ///   moved to another task takes its ownership with it; a task spawned inside a scope starts
+    ///   outside it. A lock whose lease was lost is taken afresh, not re-entered.
+    /// - A re-entry never gets less protection than it asked for. Under a watchdog lock any
+    ///   options re-enter. Under a fixed lease, a fixed lease that would end later extends the
+    ///   lock (one owner-checked renewal; [`LockError::LeaseLost`] if it is gone), and asking
+    ///   for the watchdog is [`LockError::InvalidOptions`]: give the outer call the watchdog, or
+    ///   the nested call a fixed lease. `hold_at_least` keeps the lock until the later of the
+    ///   ends asked for.
     /// - Cancel-safe: dropping the returned future never leaves the lock held.
     ///
     /// - Bounded: returns within the wait, or within one response timeout when that is longer
@@ -164,14 +168,8 @@ impl Locker {
         validate_key(key)?;
         options.validate(key)?;
         let inner = &self.inner;
-        let owner = Owner::current();
-        if let Some(held) = inner.reenter(owner, key) {
-            tracing::debug!(
-                key,
-                fence = held.fence,
-                "lock re-entered by its holding task"
-            );
-            return Ok(LockGuard::new(held));
+        if let Some(guard) = reentry::reenter(inner, key, options).await? {
+            return Ok(guard);
         }
 
         let started = Instant::now();
@@ -191,7 +189,7 @@ impl Locker {
 
         let first = inner.attempt(key, &token, lease).await?;
         if let (Attempt::Acquired { fence }, sent_at) = first {
-            return Ok(inner.hold(owner, key, token, (fence, 0), sent_at, started, options));
+            return Ok(inner.hold(key, token, (fence, 0), sent_at, started, options));
         }
         if Instant::now() >= deadline {
             return Err(not_acquired());
@@ -208,15 +206,7 @@ impl Locker {
         let mut place = queue_up()?;
         let handed = |lock: Claimed| {
             let fence = (lock.fence, lock.in_a_row);
-            Ok(inner.hold(
-                owner,
-                key,
-                lock.token,
-                fence,
-                lock.sent_at,
-                started,
-                options,
-            ))
+            Ok(inner.hold(key, lock.token, fence, lock.sent_at, started, options))
         };
         let Ok(subscription) =
             tokio::time::timeout_at(deadline, inner.backend.subscribe(key)).await
@@ -238,7 +228,7 @@ impl Locker {
             match attempt? {
                 (Attempt::Acquired { fence }, sent_at) => {
                     let fence = (fence, 0);
-                    return Ok(inner.hold(owner, key, token, fence, sent_at, started, options));
+                    return Ok(inner.hold(key, token, fence, sent_at, started, options));
                 }
                 (Attempt::Busy { ttl }, _) => {
                     let now = Instant::now();
@@ -321,20 +311,6 @@ impl LockerInner {
         Ok((attempt, sent_at))
     }
 
-    fn reenter(&self, owner: Owner, key: &str) -> Option<Arc<HeldLock>> {
-        let mut held = lock(&self.held);
-        match held.get_mut(&(owner, key.to_owned())) {
-            // A lost lease is not held any more: take the lock afresh. The stale guard still
-            // reports the loss at its own release.
-            Some((lock, _)) if lock.is_lost() => None,
-            Some((lock, count)) => {
-                *count += 1;
-                Some(Arc::clone(lock))
-            }
-            None => None,
-        }
-    }
-
     /// Releases `token`'s hold of `key` (if it has one) from a task of its own: the clean-up of
     /// a lock that may have been taken for a task that is gone. Without a runtime (shut down),
     /// the lease's expiry frees it.
@@ -358,30 +334,10 @@ impl LockerInner {
         });
     }
 
-    /// Leaves one hold of `lock`; true when it was the last, so the caller releases in Redis.
-    pub(crate) fn leave(&self, acquisition: &HeldLock) -> bool {
-        let mut held = lock(&self.held);
-        let slot = (acquisition.owner, acquisition.key.clone());
-        match held.get_mut(&slot) {
-            Some((entry, count)) if std::ptr::eq(Arc::as_ptr(entry), acquisition) => {
-                if *count > 1 {
-                    *count -= 1;
-                    return false;
-                }
-                held.remove(&slot);
-                true
-            }
-            // Replaced by a fresh acquisition after this one was lost: release our own token.
-            _ => true,
-        }
-    }
-
     /// Makes the guard of a lock just taken; `(fence, in_a_row)`: its fencing number and how many
     /// hand-overs in a row led to it (0 when it was taken free).
-    #[allow(clippy::too_many_arguments)]
     fn hold(
         self: &Arc<Self>,
-        owner: Owner,
         key: &str,
         token: String,
         (fence, handovers_in_a_row): (u64, u32),
@@ -407,20 +363,22 @@ impl LockerInner {
                 Arc::clone(&lease_end),
             ))
         });
+        let acquired_at = Instant::now();
         let held = Arc::new(HeldLock {
             locker: Arc::clone(self),
             key: key.to_owned(),
             token,
             fence,
-            owner,
-            acquired_at: Instant::now(),
-            hold_at_least: options.hold_at_least_time(),
+            acquired_at,
+            lease,
+            hold_until: Mutex::new(options.hold_at_least_time().map(|hold| acquired_at + hold)),
+            guards: AtomicUsize::new(1),
+            extending: tokio::sync::Mutex::new(()),
             handovers_in_a_row,
             lost,
             lease_end,
             keeper: Mutex::new(keeper),
         });
-        lock(&self.held).insert((owner, key.to_owned()), (Arc::clone(&held), 1));
         tracing::debug!(
             key,
             fence,
