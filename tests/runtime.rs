@@ -260,6 +260,27 @@ async fn a_call_inside_the_guards_scope_reenters_at_once(fx: Fixture) {
     assert!(is_free(&fx.locker, "re").await);
 }
 
+async fn a_call_inside_two_locks_reenters_the_outer_one(fx: Fixture) {
+    let outer = fx.locker.acquire("a", LockOptions::new()).await.unwrap();
+    outer
+        .scope(async {
+            let middle = fx.locker.acquire("b", quick()).await.unwrap();
+            middle
+                .scope(async {
+                    let innermost = distlock::current().map(|lock| lock.key().to_owned());
+                    assert_eq!(innermost.as_deref(), Some("b"));
+                    let again = fx.locker.acquire("a", quick()).await.expect("re-entry");
+                    assert_eq!(again.fencing_token(), outer.fencing_token());
+                    again.release().await.unwrap();
+                })
+                .await;
+            middle.release().await.unwrap();
+        })
+        .await;
+    outer.release().await.unwrap();
+    assert!(is_free(&fx.locker, "a").await);
+}
+
 /// Calls of [`locked_section`] joined in one task, started this far apart (the shape of the
 /// report: `join_all` over calls that arrive one after another).
 const JOINED_CALLS: u32 = 4;
@@ -388,7 +409,8 @@ async fn pttl(fx: &Fixture, key: &str) -> i64 {
 }
 
 async fn a_nested_call_with_a_longer_fixed_lease_extends_the_lock(fx: Fixture) {
-    let short = Duration::from_millis(300);
+    // Long enough that the re-entries below come well before it ends on a loaded machine.
+    let short = Duration::from_millis(500);
     let long = Duration::from_secs(10);
     let outer = fx
         .locker
@@ -861,6 +883,7 @@ both_backends!(
     a_release_after_expiry_is_lease_lost_and_keeps_the_new_owner,
     fencing_numbers_strictly_increase_across_lockers,
     a_call_inside_the_guards_scope_reenters_at_once,
+    a_call_inside_two_locks_reenters_the_outer_one,
     calls_of_a_locked_fn_joined_in_one_task_never_overlap,
     acquires_joined_in_one_task_wait_for_each_other,
     a_guard_moved_to_another_task_takes_its_ownership_along,
