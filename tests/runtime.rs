@@ -435,6 +435,11 @@ async fn a_nested_call_with_a_longer_fixed_lease_extends_the_lock(fx: Fixture) {
         .expect("re-entry with a longer lease");
     assert_eq!(longer.fencing_token(), outer.fencing_token());
     if fx.is_redis() {
+        assert_eq!(
+            evalsha_calls(&fx).await - calls_before,
+            1,
+            "an extension is one owner-checked renewal"
+        );
         let left = pttl(&fx, "extended").await;
         assert!(
             left > short.as_millis() as i64,
