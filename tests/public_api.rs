@@ -4,10 +4,10 @@
 mod support;
 
 use std::error::Error as _;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distlock::{BackendError, LockError, LockOptions, Locker};
+use support::captured_log::Captured;
 use support::redis_server::RedisServer;
 
 /// Connect and response timeouts for the failure cases: short, so that the tests are quick,
@@ -114,27 +114,6 @@ fn a_builders_debug_shows_its_settings_but_never_the_password() {
     }
     let debug = format!("{:?}", Locker::in_memory_builder());
     assert!(debug.contains("in memory"), "{debug}");
-}
-
-/// Formatted tracing output, collected in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
 }
 
 /// `Debug` of a guard whose lease ran out says so, but leaves the telling to the guard's own

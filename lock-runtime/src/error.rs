@@ -34,6 +34,7 @@ pub enum LockError {
     },
 
     /// The backend failed: connection refused or lost, timeout, authentication, server error.
+    /// [`BackendError`]'s predicates tell which.
     #[error("lock backend error{}: {source}", key_suffix(.key))]
     Backend {
         /// The lock's key, when the failure happened while working on one.
@@ -164,9 +165,11 @@ impl BackendError {
         }
     }
 
-    /// True when the server answered with an error: a wrong password, missing ACL rights, out
-    /// of memory, a read-only replica, a script error. Retrying as is will not help; the server's
-    /// text is in the message and [`server_code`](Self::server_code) names it.
+    /// True when the server answered with an error instead of doing the operation: a wrong
+    /// password, missing ACL rights, out of memory, a read-only replica, a server still loading
+    /// its data. The server's text is in the message and [`server_code`](Self::server_code)
+    /// names it: most need a change of configuration (`WRONGPASS`, `NOPERM`, `OOM`), a few pass
+    /// by themselves (`LOADING`, `READONLY` during a failover).
     pub fn is_server_refusal(&self) -> bool {
         match &self.kind {
             Kind::Redis(e) => {
