@@ -46,7 +46,8 @@
 //!   call returns `Err(LockError::LeaseLost { .. }.into())`. `"cancel"`: the body is dropped as
 //!   soon as the loss is seen, then the same error.
 //! - `locker = expr`: the [`Locker`] to use; default: the one given to [`install`].
-//! - `crate = "path"`: where this crate is, for crates that re-export it.
+//! - `crate = "path"`: where this crate is, for crates that re-export it. Without it the
+//!   attribute finds this crate under the name your `Cargo.toml` gives it, renamed or not.
 //!
 //! Durations are string literals checked at compile time (`"250ms"`, `"10s"`, `"1m30s"`,
 //! `"2h"`) or any expression of type `Duration`.

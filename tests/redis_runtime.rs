@@ -5,6 +5,7 @@ mod support;
 use std::time::Duration;
 
 use distlock::{LockError, LockOptions, Locker};
+use support::captured_log::Captured;
 use support::redis_server::RedisServer;
 use tokio::time::Instant;
 
@@ -492,20 +493,6 @@ async fn a_rediss_url_connects_over_tls() {
     assert!(matches!(err, LockError::Backend { .. }), "{err}");
 }
 
-/// Collects formatted tracing output in memory.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn acquire_renew_release_and_loss_are_traced() {
     let server = RedisServer::start();
@@ -543,7 +530,7 @@ fn acquire_renew_release_and_loss_are_traced() {
             let _ = short.release().await;
         });
     });
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     for (level, message) in [
         ("DEBUG", "lock acquired"),
         ("TRACE", "lock lease renewed"),

@@ -216,7 +216,10 @@ fn generate(
 
     let private = match &args.krate {
         Some(path) => quote!(#path::__private),
-        None => quote!(::distlock::__private),
+        None => {
+            let facade = crate::facade::path();
+            quote!(#facade::__private)
+        }
     };
     let hygienic = |name: &str| Ident::new(name, Span::mixed_site());
     let key_var = hygienic("__distributed_lock_key");

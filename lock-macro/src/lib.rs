@@ -1,15 +1,16 @@
 //! The `#[distributed_lock]` attribute of the `distlock` crate.
 //!
-//! Use it through the facade (`use distlock::distributed_lock;`): the code it generates
-//! calls `::distlock::__private`, so this crate alone is not enough.
-//!
-//! This file is only the entry point: parse the arguments ([`args`]), check them against the fn
-//! and rewrite it ([`expand`]). Duration literals live in [`duration`], key templates in [`key`].
+//! Use it through the facade (`use distlock::distributed_lock;`): the code it generates calls
+//! the facade's runtime, so this crate alone is not enough.
 #![warn(missing_docs)]
+
+// This file is only the entry point: parse the arguments (`args`), check them against the fn and
+// rewrite it (`expand`). Duration literals live in `duration`, key templates in `key`.
 
 mod args;
 mod duration;
 mod expand;
+mod facade;
 mod key;
 
 use proc_macro::TokenStream;
@@ -42,7 +43,9 @@ use proc_macro::TokenStream;
 ///   `Err(LockError::LeaseLost)` (skip mode logs it instead).
 /// - `locker = <expr>`: the `Locker` to use (`Locker`, `&Locker`, `Arc<Locker>`), e.g.
 ///   `locker = self.locks`. Default: the installed default locker.
-/// - `crate = "path"`: where `distlock` is, for crates that re-export it.
+/// - `crate = "path"`: where `distlock` is, for crates that re-export it. Without it the
+///   generated code finds `distlock` under the name the calling crate's `Cargo.toml` gives it
+///   (e.g. `lock = { package = "distlock", ... }`).
 ///
 /// Durations are string literals checked at compile time (units `ms`, `s`, `m`, `h`, `d`, largest
 /// first: `"1m30s"`) or any expression of type `Duration`, such as a `const`.

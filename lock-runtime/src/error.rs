@@ -1,5 +1,6 @@
 //! `LockError`: one variant per thing a caller would handle differently.
 
+use std::fmt;
 use std::time::Duration;
 
 /// Why a lock operation did not succeed.
@@ -33,6 +34,7 @@ pub enum LockError {
     },
 
     /// The backend failed: connection refused or lost, timeout, authentication, server error.
+    /// [`BackendError`]'s predicates tell which.
     #[error("lock backend error{}: {source}", key_suffix(.key))]
     Backend {
         /// The lock's key, when the failure happened while working on one.
@@ -76,28 +78,148 @@ fn key_suffix(key: &Option<String>) -> String {
 }
 
 /// What went wrong below the lock: the network, the server, or a timeout.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BackendError {
-    /// An error reported by the Redis client (connection, protocol, server reply).
-    #[error(transparent)]
-    Redis(#[from] redis::RedisError),
-    /// The server did not answer within the configured time.
-    #[error("no answer from the server within {0:?} ({1})")]
-    Timeout(Duration, &'static str),
-    /// The operating system's random generator failed to give an owner token.
-    #[error("the OS random generator failed: {0}")]
+///
+/// Opaque, so that the Redis client and the other crates below it can change without changing
+/// this API. The underlying error, when there is one, is reachable through
+/// [`source()`](std::error::Error::source); the predicates say what a caller would decide on.
+///
+/// ```
+/// use distlock_runtime::{LockError, Locker, LockOptions};
+///
+/// # async fn demo(locker: Locker) {
+/// match locker.acquire("nightly-report", LockOptions::new()).await {
+///     Ok(guard) => { /* ... */ }
+///     Err(LockError::Backend { source, .. }) if source.is_timeout() || source.is_connection() => {
+///         // Transient: the server is slow or unreachable; try again later.
+///     }
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct BackendError {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Redis(redis::RedisError),
+    Timeout { after: Duration, what: &'static str },
     Random(getrandom::Error),
-    /// The lock's name in Redis holds a value that no lock wrote (it has no expiry), so it would
-    /// never be released.
-    #[error(
-        "`{0}` holds a value without expiry that no lock wrote, so it would never be released; \
-         delete it if it is stale, or give the locker another key prefix"
-    )]
     NotALock(String),
-    /// The server answered something the lock scripts never return.
-    #[error("unexpected reply from the server: {0}")]
     UnexpectedReply(String),
+}
+
+impl BackendError {
+    /// An error of the Redis client: connection, protocol, or the server's own refusal.
+    pub(crate) fn redis(e: redis::RedisError) -> Self {
+        BackendError {
+            kind: Kind::Redis(e),
+        }
+    }
+
+    /// No answer within `after` while `what` (e.g. "connecting", "acquire").
+    pub(crate) fn timeout(after: Duration, what: &'static str) -> Self {
+        BackendError {
+            kind: Kind::Timeout { after, what },
+        }
+    }
+
+    /// The OS random generator failed to give an owner token.
+    pub(crate) fn random(e: getrandom::Error) -> Self {
+        BackendError {
+            kind: Kind::Random(e),
+        }
+    }
+
+    /// The lock's name in Redis holds a value without expiry that no lock wrote.
+    pub(crate) fn not_a_lock(name: String) -> Self {
+        BackendError {
+            kind: Kind::NotALock(name),
+        }
+    }
+
+    /// The server answered something the lock scripts never return.
+    pub(crate) fn unexpected_reply(what: String) -> Self {
+        BackendError {
+            kind: Kind::UnexpectedReply(what),
+        }
+    }
+
+    /// True when no answer came within the locker's connect or response timeout: the server is
+    /// slow, stalled or unreachable. The operation may still have been applied late.
+    pub fn is_timeout(&self) -> bool {
+        match &self.kind {
+            Kind::Timeout { .. } => true,
+            Kind::Redis(e) => e.is_timeout(),
+            _ => false,
+        }
+    }
+
+    /// True when the server could not be reached or the connection broke (refused, reset,
+    /// closed, name resolution, TLS): worth retrying once the network or server is back.
+    pub fn is_connection(&self) -> bool {
+        match &self.kind {
+            Kind::Redis(e) => !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped()),
+            _ => false,
+        }
+    }
+
+    /// True when the server answered with an error instead of doing the operation: a wrong
+    /// password, missing ACL rights, out of memory, a read-only replica, a server still loading
+    /// its data. The server's text is in the message and [`server_code`](Self::server_code)
+    /// names it: most need a change of configuration (`WRONGPASS`, `NOPERM`, `OOM`), a few pass
+    /// by themselves (`LOADING`, `READONLY` during a failover).
+    pub fn is_server_refusal(&self) -> bool {
+        match &self.kind {
+            Kind::Redis(e) => {
+                matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_)
+                        | redis::ErrorKind::Extension
+                        | redis::ErrorKind::AuthenticationFailed
+                )
+            }
+            _ => false,
+        }
+    }
+
+    /// The error code the server answered with (`"NOPERM"`, `"OOM"`, `"READONLY"`, `"ERR"`,
+    /// ...), when it refused.
+    pub fn server_code(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Redis(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Redis(e) => e.fmt(f),
+            Kind::Timeout { after, what } => {
+                write!(f, "no answer from the server within {after:?} ({what})")
+            }
+            Kind::Random(e) => write!(f, "the OS random generator failed: {e}"),
+            Kind::NotALock(name) => write!(
+                f,
+                "`{name}` holds a value without expiry that no lock wrote, so it would never be \
+                 released; delete it if it is stale, or give the locker another key prefix"
+            ),
+            Kind::UnexpectedReply(what) => write!(f, "unexpected reply from the server: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            Kind::Redis(e) => Some(e),
+            Kind::Random(e) => Some(e),
+            Kind::Timeout { .. } | Kind::NotALock(_) | Kind::UnexpectedReply(_) => None,
+        }
+    }
 }
 
 impl LockError {

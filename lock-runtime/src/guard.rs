@@ -371,12 +371,18 @@ impl Drop for LockGuard {
     }
 }
 
+/// Whether the lease is lost, for `Debug`: a pure read that, unlike `is_lost`, neither marks the
+/// loss nor logs it, so that printing a guard never changes what it does next.
+fn looks_lost(held: &HeldLock) -> bool {
+    held.lost.is_cancelled() || Instant::now() >= held.lease_end.get()
+}
+
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
             .field("key", &self.held.key)
             .field("fencing_token", &self.held.fence)
-            .field("lost", &self.held.is_lost())
+            .field("lost", &looks_lost(&self.held))
             .finish()
     }
 }
@@ -418,7 +424,7 @@ impl fmt::Debug for LockHandle {
         f.debug_struct("LockHandle")
             .field("key", &self.held.key)
             .field("fencing_token", &self.held.fence)
-            .field("lost", &self.held.is_lost())
+            .field("lost", &looks_lost(&self.held))
             .finish()
     }
 }

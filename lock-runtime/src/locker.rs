@@ -107,11 +107,13 @@ impl Locker {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use = "a builder does nothing until `.build()` is awaited"]
     pub fn builder(url: impl Into<String>) -> LockerBuilder {
         LockerBuilder::new(Target::Redis(url.into()))
     }
 
     /// The same settings for an in-process locker (only the watchdog settings apply).
+    #[must_use = "a builder does nothing until `.build()` is awaited"]
     pub fn in_memory_builder() -> LockerBuilder {
         LockerBuilder::new(Target::Memory)
     }
@@ -492,7 +494,7 @@ fn validate_key(key: &str) -> Result<(), LockError> {
 /// A fresh 128-bit owner token from the OS CSPRNG, as 32 hex digits.
 pub(crate) fn new_token() -> Result<String, BackendError> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(BackendError::Random)?;
+    getrandom::fill(&mut bytes).map_err(BackendError::random)?;
     Ok(format!("{:032x}", u128::from_ne_bytes(bytes)))
 }
 
@@ -532,12 +534,14 @@ impl LockerBuilder {
     /// For `rediss://` URLs: trust this CA certificate (PEM) instead of the OS trust store, e.g.
     /// for a server whose certificate comes from a private CA.
     #[cfg(feature = "tls")]
+    #[must_use = "builder methods return the changed builder; use it, e.g. call `.build()` on it"]
     pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_root_certificate = Some(pem.into());
         self
     }
 
     /// The prefix of every Redis name this locker uses (default [`DEFAULT_KEY_PREFIX`]).
+    #[must_use = "builder methods return the changed builder; use it, e.g. call `.build()` on it"]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
@@ -545,24 +549,28 @@ impl LockerBuilder {
 
     /// The lease the watchdog keeps renewing for locks taken without a fixed lease (default
     /// [`DEFAULT_WATCHDOG_LEASE`]): how long a crashed holder keeps the lock.
+    #[must_use = "builder methods return the changed builder; use it, e.g. call `.build()` on it"]
     pub fn watchdog_lease(mut self, lease: Duration) -> Self {
         self.watchdog_lease = lease;
         self
     }
 
     /// How often the watchdog renews (default: a third of the watchdog lease).
+    #[must_use = "builder methods return the changed builder; use it, e.g. call `.build()` on it"]
     pub fn renewal_interval(mut self, interval: Duration) -> Self {
         self.renewal_interval = Some(interval);
         self
     }
 
     /// How long connecting may take (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    #[must_use = "builder methods return the changed builder; use it, e.g. call `.build()` on it"]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// How long one command may wait for its answer (default [`DEFAULT_RESPONSE_TIMEOUT`]).
+    #[must_use = "builder methods return the changed builder; use it, e.g. call `.build()` on it"]
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
@@ -576,6 +584,7 @@ impl LockerBuilder {
     /// they came. But while a process hands a lock around, waiters in other processes are not
     /// woken: after this many hand-overs in a row a release releases for everyone, and all
     /// waiters race for the lock as usual. `0` turns hand-overs off.
+    #[must_use = "builder methods return the changed builder; use it, e.g. call `.build()` on it"]
     pub fn max_handovers_in_a_row(mut self, n: u32) -> Self {
         self.max_handovers_in_a_row = n;
         self
@@ -630,6 +639,62 @@ impl LockerBuilder {
             self.max_handovers_in_a_row,
         ))
     }
+}
+
+/// What `Debug` shows instead of a password.
+const REDACTED: &str = "***";
+
+impl fmt::Debug for LockerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("LockerBuilder");
+        match &self.target {
+            Target::Redis(url) => out.field("url", &redacted(url)),
+            Target::Memory => out.field("backend", &"in memory"),
+        };
+        out.field("key_prefix", &self.key_prefix)
+            .field("watchdog_lease", &self.watchdog_lease)
+            .field("renewal_interval", &self.renewal_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("max_handovers_in_a_row", &self.max_handovers_in_a_row);
+        #[cfg(feature = "tls")]
+        out.field(
+            "tls_root_certificate",
+            &self
+                .tls_root_certificate
+                .as_ref()
+                .map(|pem| format!("{} bytes of PEM", pem.len())),
+        );
+        out.finish()
+    }
+}
+
+/// The URL with its password (in the user info, or the `pass` query parameter of a
+/// `redis+unix://` URL) replaced, so that builders can be logged. A URL that does not parse is not
+/// shown at all: where its password is cannot be known.
+fn redacted(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<not a valid URL>".to_owned();
+    };
+    if parsed.password().is_some() {
+        // Fails only for URLs that cannot carry a password, and this one carries one.
+        let _ = parsed.set_password(Some(REDACTED));
+    }
+    if parsed.query_pairs().any(|(name, _)| name == "pass") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if name == "pass" {
+                    REDACTED.into()
+                } else {
+                    value
+                };
+                (name.into_owned(), value.into_owned())
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(feature = "tls")]

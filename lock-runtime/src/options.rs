@@ -43,6 +43,7 @@ impl Default for LockOptions {
 impl LockOptions {
     /// Wait up to [`DEFAULT_WAIT`], no fixed lease (the watchdog renews while the guard lives),
     /// no minimum hold.
+    #[must_use]
     pub const fn new() -> Self {
         LockOptions {
             wait: DEFAULT_WAIT,
@@ -52,6 +53,7 @@ impl LockOptions {
     }
 
     /// How long to wait for a busy lock. `Duration::ZERO` tries exactly once.
+    #[must_use = "LockOptions is Copy: this returns new options and leaves `self` unchanged"]
     pub const fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self
@@ -59,6 +61,7 @@ impl LockOptions {
 
     /// A fixed lease: the lock expires this long after it was taken, whatever the holder does.
     /// Without it, the locker's watchdog keeps renewing the lock while the guard lives.
+    #[must_use = "LockOptions is Copy: this returns new options and leaves `self` unchanged"]
     pub const fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self
@@ -67,6 +70,7 @@ impl LockOptions {
     /// Keep the lock at least this long after acquiring it: a release before then shortens the
     /// expiry to what remains instead of deleting (ShedLock's `lockAtLeastFor`), so a replica whose
     /// clock is late cannot run the same scheduled job again.
+    #[must_use = "LockOptions is Copy: this returns new options and leaves `self` unchanged"]
     pub const fn hold_at_least(mut self, hold: Duration) -> Self {
         self.hold_at_least = Some(hold);
         self

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use distlock::{BackendError, LockError, LockGuard, LockOptions, Locker};
+use distlock::{LockError, LockGuard, LockOptions, Locker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -415,8 +415,8 @@ fn is_timeout_naming(e: &LockError, key: &str) -> bool {
         e,
         LockError::Backend {
             key: Some(k),
-            source: BackendError::Timeout(..),
-        } if k == key
+            source,
+        } if k == key && source.is_timeout()
     ) && e.to_string().contains(&format!("`{key}`"))
 }
 

@@ -65,7 +65,8 @@ impl RedisBackend {
             connect,
         )
         .await
-        .map_err(|_| BackendError::Timeout(settings.connect_timeout, "connecting"))??;
+        .map_err(|_| BackendError::timeout(settings.connect_timeout, "connecting"))?
+        .map_err(BackendError::redis)?;
         let waiters = Waiters::start(client, settings.connect_timeout, settings.response_timeout);
         Ok(RedisBackend {
             conn,
@@ -87,9 +88,9 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.response_timeout, invocation.invoke_async(&mut conn)).await
         {
-            Ok(Err(e)) if e.is_timeout() => Err(BackendError::Timeout(self.response_timeout, what)),
-            Ok(result) => Ok(result?),
-            Err(_) => Err(BackendError::Timeout(self.response_timeout, what)),
+            Ok(Err(e)) if e.is_timeout() => Err(BackendError::timeout(self.response_timeout, what)),
+            Ok(result) => result.map_err(BackendError::redis),
+            Err(_) => Err(BackendError::timeout(self.response_timeout, what)),
         }
     }
 
@@ -109,7 +110,7 @@ impl RedisBackend {
             }),
             // PTTL -1: the name holds a value without expiry. Every lock of ours has one, so
             // something else wrote it, and waiting for it to be released would wait forever.
-            [0, -1] => Err(BackendError::NotALock(lock)),
+            [0, -1] => Err(BackendError::not_a_lock(lock)),
             other => Err(unexpected("acquire", other)),
         }
     }
@@ -198,7 +199,7 @@ impl RedisBackend {
 }
 
 fn unexpected(script: &str, reply: &[i64]) -> BackendError {
-    BackendError::UnexpectedReply(format!("{script} script returned {reply:?}"))
+    BackendError::unexpected_reply(format!("{script} script returned {reply:?}"))
 }
 
 /// Milliseconds for PX/PEXPIRE, rounded up so a sub-millisecond remainder never becomes 0.
