@@ -50,6 +50,7 @@ mod guard;
 mod handoff;
 mod locker;
 mod options;
+mod run_to_end;
 
 #[doc(hidden)]
 pub mod __private {

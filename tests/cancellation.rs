@@ -1,0 +1,444 @@
+//! Every public future is cancel-safe. Each of `acquire` (free and contended), `release`, a
+//! release that hands the lock to a waiting task, and an annotated fn is dropped after its k-th
+//! poll, for k = 1, 2, ... until it completes within k polls, on both backends. After each drop:
+//! (a) no lock is held beyond the background release bound, (b) no lock is handed to nobody (a
+//! queued waiter of the same locker gets it promptly), (c) no task is left running.
+
+mod support;
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use distlock::{LockError, LockGuard, LockOptions, Locker, distributed_lock};
+use redis::aio::MultiplexedConnection;
+use support::fixture::Fixture;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How long a lock may stay held, and a task alive, after the future that held or released it
+/// was dropped. The background release is one round trip (at most the 3 s response timeout on a
+/// stalled server); 5 s leaves room for a loaded 2-core CI machine, and stays far below `LEASE`,
+/// so a lock that nothing releases fails the check instead of expiring in time.
+const BACKGROUND_RELEASE_BOUND: Duration = Duration::from_secs(5);
+
+/// Every lock taken here: only a release, never the expiry, can free it within the bound. The
+/// lockers' watchdog lease is the default, the same 30 s.
+const LEASE: Duration = Duration::from_secs(30);
+
+/// No future here needs anywhere near this many polls: a guard against a run that never ends.
+const MAX_POLLS: usize = 10_000;
+
+/// For a future polled to the end.
+const NEVER: Cut = Cut {
+    polls: usize::MAX,
+    when: When::Pending,
+};
+
+#[derive(Debug, Clone, Copy)]
+enum Lease {
+    Fixed,
+    Watchdog,
+}
+
+impl Lease {
+    fn options(self) -> LockOptions {
+        match self {
+            Lease::Fixed => LockOptions::new().lease(LEASE),
+            Lease::Watchdog => LockOptions::new(),
+        }
+    }
+}
+
+/// Where a future under test is dropped: after its `polls`-th poll, if that did not complete it.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    polls: usize,
+    when: When,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum When {
+    /// As soon as that poll returned: a request may be in flight, unanswered.
+    Pending,
+    /// When it is next woken, without polling it again: the answer it awaited has come, unread
+    /// (an outer `select!` whose other branch won the same round).
+    Woken,
+}
+
+impl fmt::Display for Cut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{:?}", self.polls, self.when)
+    }
+}
+
+/// Polls `fut` until `cut`, then drops it wherever it has got to, as an outer `timeout` or
+/// `select!` would. `Some(output)` when it completed before. `first_pending` is told when the
+/// first poll has returned without completing.
+async fn poll_until<F: Future>(
+    fut: F,
+    cut: Cut,
+    mut first_pending: Option<oneshot::Sender<()>>,
+) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    let mut polled = 0;
+    let mut waiting_for_wake = false;
+    std::future::poll_fn(|cx| {
+        if waiting_for_wake {
+            return Poll::Ready(None);
+        }
+        let poll = fut.as_mut().poll(cx);
+        polled += 1;
+        match poll {
+            Poll::Ready(out) => Poll::Ready(Some(out)),
+            Poll::Pending => {
+                if let Some(tell) = first_pending.take() {
+                    let _ = tell.send(());
+                }
+                match cut.when {
+                    _ if polled < cut.polls => Poll::Pending,
+                    When::Pending => Poll::Ready(None),
+                    When::Woken => {
+                        waiting_for_wake = true;
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Runs `case(cut)` (which drops its future at `cut`, checks (a) and (b), and says whether the
+/// future completed first) for every cut until the future completes, and checks (c) after each.
+async fn at_every_poll<C, F>(what: &str, mut case: C)
+where
+    C: FnMut(Cut) -> F,
+    F: Future<Output = bool>,
+{
+    let baseline = alive_tasks();
+    let started = Instant::now();
+    let mut completed_in = Vec::new();
+    for when in [When::Pending, When::Woken] {
+        for polls in 1..=MAX_POLLS {
+            let cut = Cut { polls, when };
+            let completed = case(cut).await;
+            no_task_left_running(baseline, what, cut).await;
+            if completed {
+                completed_in.push(format!("{polls} polls when dropped {when:?}"));
+                break;
+            }
+            assert!(
+                polls < MAX_POLLS,
+                "{what}: not completed in {MAX_POLLS} polls"
+            );
+        }
+    }
+    eprintln!(
+        "{what}: completed in {}; {:?} in all",
+        completed_in.join(", "),
+        started.elapsed()
+    );
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// (c): background work started by the drop ends within the bound.
+async fn no_task_left_running(baseline: usize, what: &str, cut: Cut) {
+    let deadline = Instant::now() + BACKGROUND_RELEASE_BOUND;
+    while alive_tasks() > baseline {
+        assert!(
+            Instant::now() < deadline,
+            "{what}, dropped at {cut}: {} tasks still alive, {baseline} before",
+            alive_tasks()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// (a): `key` is free, or freed by a background release within the bound. Taken from a task of
+/// its own: a task re-enters the locks it holds, and this must ask the backend.
+async fn freed_within_bound(locker: &Locker, key: &str, what: &str, cut: Cut) {
+    let locker = locker.clone();
+    let key = key.to_owned();
+    let took = tokio::spawn(async move {
+        let options = LockOptions::new()
+            .wait(BACKGROUND_RELEASE_BOUND)
+            .lease(LEASE);
+        let guard = locker.acquire(&key, options).await?;
+        guard.release().await
+    })
+    .await
+    .expect("task");
+    if let Err(error) = took {
+        panic!("{what}, dropped at {cut}: the lock stayed held: {error}");
+    }
+}
+
+/// Takes `key` from a task of its own (not re-entrant with the caller), and hands the guard back.
+async fn hold_elsewhere(locker: &Locker, key: &str, options: LockOptions) -> LockGuard {
+    let locker = locker.clone();
+    let key = key.to_owned();
+    tokio::spawn(async move { locker.acquire(&key, options).await })
+        .await
+        .expect("task")
+        .expect("take the lock")
+}
+
+/// A plain connection for watching subscriptions (Redis only), made before the task baseline.
+async fn watcher(fx: &Fixture) -> Option<MultiplexedConnection> {
+    match &fx.server {
+        Some(server) => Some(server.client().await),
+        None => None,
+    }
+}
+
+/// Until a waiter for `key` has reached its wait, once its first poll has returned. Memory: that
+/// first poll already queued and registered it (no I/O). Redis: it queues before it subscribes,
+/// so a subscriber on the lock's channel (named by its hash tag) says it is queued.
+async fn until_waiting(watcher: Option<MultiplexedConnection>, key: &str) {
+    let Some(mut conn) = watcher else {
+        return;
+    };
+    let pattern = format!("*{{{key}}}*");
+    let deadline = Instant::now() + BACKGROUND_RELEASE_BOUND;
+    loop {
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .expect("PUBSUB CHANNELS");
+        if !channels.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiter for {key} never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A task of `fx.locker` that waits for `key` (held by someone else); returned once it waits in
+/// the queue. It resolves to when it got the lock (it then releases it).
+async fn queued_waiter(
+    fx: &Fixture,
+    watcher: Option<MultiplexedConnection>,
+    key: &str,
+) -> JoinHandle<Result<Instant, LockError>> {
+    let (first_poll_done, first_poll) = oneshot::channel();
+    let locker = fx.locker.clone();
+    let waited_key = key.to_owned();
+    let waiter = tokio::spawn(async move {
+        let options = LockOptions::new()
+            .wait(BACKGROUND_RELEASE_BOUND)
+            .lease(LEASE);
+        let acquire = locker.acquire(&waited_key, options);
+        let guard = poll_until(acquire, NEVER, Some(first_poll_done))
+            .await
+            .expect("polled to the end")?;
+        let got = Instant::now();
+        guard.release().await?;
+        Ok(got)
+    });
+    let _ = first_poll.await;
+    until_waiting(watcher, key).await;
+    waiter
+}
+
+/// One contended acquire through each locker, so that their long-lived tasks (connections, the
+/// subscriber) run before the task baseline is taken.
+async fn warm_up(fx: &Fixture, watcher: Option<MultiplexedConnection>) {
+    let guard = fx
+        .locker
+        .acquire("warm-up", LockOptions::new().lease(LEASE))
+        .await
+        .expect("warm-up");
+    let waiter = queued_waiter(fx, watcher, "warm-up").await;
+    guard.release().await.expect("warm-up release");
+    waiter.await.expect("task").expect("warm-up waiter");
+}
+
+async fn a_dropped_acquire_of_a_free_lock_leaves_nothing_behind(fx: Fixture) {
+    let watcher = watcher(&fx).await;
+    warm_up(&fx, watcher).await;
+    let what = "acquire (free)";
+    at_every_poll(what, |cut| {
+        let fx = &fx;
+        async move {
+            let key = format!("free:{cut}");
+            let acquire = fx.locker.acquire(&key, Lease::Fixed.options());
+            let out = poll_until(acquire, cut, None).await;
+            if let Some(guard) = &out {
+                assert!(guard.is_ok(), "{guard:?}");
+            }
+            let completed = out.is_some();
+            drop(out);
+            freed_within_bound(&fx.locker, &key, what, cut).await;
+            completed
+        }
+    })
+    .await;
+}
+
+async fn a_dropped_contended_acquire_leaves_nothing_behind(fx: Fixture) {
+    // Redis: a locker with connections of its own, so the waiter is woken by the release message.
+    // Memory: the same store through a clone, so the waiter is handed the lock.
+    let other = fx.other_locker().await;
+    let watcher = watcher(&fx).await;
+    warm_up(&fx, watcher.clone()).await;
+    let what = "acquire (contended)";
+    at_every_poll(what, |cut| {
+        let (fx, other, watcher) = (&fx, &other, watcher.clone());
+        async move {
+            let key = format!("contended:{cut}");
+            let holder = hold_elsewhere(other, &key, Lease::Fixed.options()).await;
+            let (first_poll_done, first_poll) = oneshot::channel();
+            let (dropped, dropped_rx) = oneshot::channel::<()>();
+            let waited_key = key.clone();
+            // Releases once the acquire waits (so it passes subscribe, retry and sleep), or once
+            // it was dropped before it got there.
+            let releaser = tokio::spawn(async move {
+                let _ = first_poll.await;
+                tokio::select! {
+                    () = until_waiting(watcher, &waited_key) => {}
+                    _ = dropped_rx => {}
+                }
+                holder.release().await
+            });
+            let options = Lease::Fixed.options().wait(LEASE);
+            let acquire = fx.locker.acquire(&key, options);
+            let out = poll_until(acquire, cut, Some(first_poll_done)).await;
+            drop(dropped);
+            releaser.await.expect("task").expect("holder's release");
+            let completed = match out {
+                Some(guard) => {
+                    guard.expect("acquire").release().await.expect("release");
+                    true
+                }
+                None => false,
+            };
+            freed_within_bound(&fx.locker, &key, what, cut).await;
+            completed
+        }
+    })
+    .await;
+}
+
+async fn a_dropped_release_still_releases(fx: Fixture) {
+    let watcher = watcher(&fx).await;
+    warm_up(&fx, watcher).await;
+    for lease in [Lease::Fixed, Lease::Watchdog] {
+        let what = format!("release ({lease:?} lease)");
+        at_every_poll(&what, |cut| {
+            let (fx, what) = (&fx, &what);
+            async move {
+                let key = format!("release:{lease:?}:{cut}");
+                let guard = fx.locker.acquire(&key, lease.options()).await.unwrap();
+                let out = poll_until(guard.release(), cut, None).await;
+                if let Some(released) = &out {
+                    assert!(released.is_ok(), "{released:?}");
+                }
+                freed_within_bound(&fx.locker, &key, what, cut).await;
+                out.is_some()
+            }
+        })
+        .await;
+    }
+}
+
+async fn a_release_dropped_during_a_hand_over_still_hands_the_lock_over(fx: Fixture) {
+    let watcher = watcher(&fx).await;
+    warm_up(&fx, watcher.clone()).await;
+    for lease in [Lease::Fixed, Lease::Watchdog] {
+        let what = format!("release handing over ({lease:?} lease)");
+        let slowest = Cell::new(Duration::ZERO);
+        at_every_poll(&what, |cut| {
+            let (fx, what, watcher, slowest) = (&fx, &what, watcher.clone(), &slowest);
+            async move {
+                let key = format!("hand-over:{lease:?}:{cut}");
+                let guard = fx.locker.acquire(&key, lease.options()).await.unwrap();
+                let waiter = queued_waiter(fx, watcher, &key).await;
+                let out = poll_until(guard.release(), cut, None).await;
+                let dropped_at = Instant::now();
+                if let Some(released) = &out {
+                    assert!(released.is_ok(), "{released:?}");
+                }
+                // (b): the waiter's wait is the bound, far below the lease: a lock handed to
+                // nobody makes it give up with NotAcquired.
+                match waiter.await.expect("task") {
+                    Ok(got) => {
+                        slowest.set(slowest.get().max(got.saturating_duration_since(dropped_at)))
+                    }
+                    Err(error) => panic!(
+                        "{what}, dropped at {cut}: the queued waiter never got the lock: \
+                         {error}"
+                    ),
+                }
+                freed_within_bound(&fx.locker, &key, what, cut).await;
+                out.is_some()
+            }
+        })
+        .await;
+        let slowest = slowest.get();
+        eprintln!("{what}: the waiter got the lock at most {slowest:?} after the drop");
+    }
+}
+
+#[distributed_lock(key = "fn-fixed:{cut}", wait = "5s", lease = "30s", locker = locker)]
+async fn locked_with_a_fixed_lease(locker: &Locker, cut: Cut) -> Result<(), LockError> {
+    tokio::task::yield_now().await; // a cancellation point inside the body
+    Ok(())
+}
+
+#[distributed_lock(key = "fn-watchdog:{cut}", wait = "5s", locker = locker)]
+async fn locked_with_the_watchdog(locker: &Locker, cut: Cut) -> Result<(), LockError> {
+    tokio::task::yield_now().await; // a cancellation point inside the body
+    Ok(())
+}
+
+async fn a_dropped_annotated_call_leaves_nothing_behind(fx: Fixture) {
+    let watcher = watcher(&fx).await;
+    warm_up(&fx, watcher).await;
+    for lease in [Lease::Fixed, Lease::Watchdog] {
+        let what = format!("annotated fn ({lease:?} lease)");
+        at_every_poll(&what, |cut| {
+            let (fx, what) = (&fx, &what);
+            async move {
+                let (out, key) = match lease {
+                    Lease::Fixed => (
+                        poll_until(locked_with_a_fixed_lease(&fx.locker, cut), cut, None).await,
+                        format!("fn-fixed:{cut}"),
+                    ),
+                    Lease::Watchdog => (
+                        poll_until(locked_with_the_watchdog(&fx.locker, cut), cut, None).await,
+                        format!("fn-watchdog:{cut}"),
+                    ),
+                };
+                if let Some(called) = &out {
+                    assert!(called.is_ok(), "{called:?}");
+                }
+                freed_within_bound(&fx.locker, &key, what, cut).await;
+                out.is_some()
+            }
+        })
+        .await;
+    }
+}
+
+both_backends!(
+    a_dropped_acquire_of_a_free_lock_leaves_nothing_behind,
+    a_dropped_contended_acquire_leaves_nothing_behind,
+    a_dropped_release_still_releases,
+    a_release_dropped_during_a_hand_over_still_hands_the_lock_over,
+    a_dropped_annotated_call_leaves_nothing_behind,
+);
