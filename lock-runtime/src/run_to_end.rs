@@ -83,3 +83,83 @@ impl Drop for RunToEnd {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// Work that waits for `go`, then records that it ran to its end.
+    fn gated_work(
+        done: &Arc<AtomicBool>,
+    ) -> (
+        oneshot::Sender<()>,
+        impl Future<Output = Result<(), LockError>> + Send + 'static,
+    ) {
+        let (go, gate) = oneshot::channel::<()>();
+        let done = Arc::clone(done);
+        let work = async move {
+            let _ = gate.await;
+            done.store(true, Ordering::SeqCst);
+            Ok(())
+        };
+        (go, work)
+    }
+
+    fn poll_once(run: &mut RunToEnd) -> Poll<Result<(), LockError>> {
+        Pin::new(run).poll(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    async fn until(done: &AtomicBool) {
+        // A spawned task on a runtime of its own: a few milliseconds; 5 s for a loaded machine.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !done.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the work ran to its end");
+    }
+
+    #[tokio::test]
+    async fn dropped_unfinished_it_finishes_in_the_background() {
+        let done = Arc::new(AtomicBool::new(false));
+        let (go, work) = gated_work(&done);
+        let mut run = RunToEnd::new(work, None, "k", "a test");
+        assert!(poll_once(&mut run).is_pending());
+        drop(run);
+        let _ = go.send(());
+        until(&done).await;
+    }
+
+    #[test]
+    fn dropped_outside_any_runtime_it_finishes_on_the_fallback() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let (go, work) = gated_work(&done);
+        let mut run = RunToEnd::new(work, Some(runtime.handle().clone()), "k", "a test");
+        assert!(poll_once(&mut run).is_pending());
+        drop(run); // no runtime context on this thread
+        let _ = go.send(());
+        runtime.block_on(until(&done));
+    }
+
+    #[test]
+    fn dropped_without_a_runtime_it_neither_blocks_nor_panics() {
+        let done = Arc::new(AtomicBool::new(false));
+        let (_go, work) = gated_work(&done);
+        let mut run = RunToEnd::new(work, None, "k", "a test");
+        assert!(poll_once(&mut run).is_pending());
+        drop(run); // the lease's expiry frees the lock
+        assert!(!done.load(Ordering::SeqCst));
+    }
+}
