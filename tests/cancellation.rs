@@ -257,8 +257,8 @@ async fn queued_waiter(
     waiter
 }
 
-/// One contended acquire through each locker, so that their long-lived tasks (connections, the
-/// subscriber) run before the task baseline is taken.
+/// One contended acquire, so that the locker's long-lived tasks (connections, the subscriber)
+/// run before the task baseline is taken.
 async fn warm_up(fx: &Fixture, watcher: Option<MultiplexedConnection>) {
     let guard = fx
         .locker
