@@ -16,6 +16,7 @@ use std::time::Duration;
 use distlock::{LockError, LockGuard, LockOptions, Locker, distributed_lock};
 use redis::aio::MultiplexedConnection;
 use support::fixture::Fixture;
+use support::redis_server::commandstat_calls;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -29,6 +30,9 @@ const BACKGROUND_RELEASE_BOUND: Duration = Duration::from_secs(5);
 /// Every lock taken here: only a release, never the expiry, can free it within the bound. The
 /// lockers' watchdog lease is the default, the same 30 s.
 const LEASE: Duration = Duration::from_secs(30);
+
+/// A contended acquire tries once, then queues, subscribes, and tries again before it waits.
+const ATTEMPTS_BEFORE_WAITING: u64 = 2;
 
 /// No future here needs anywhere near this many polls: a guard against a run that never ends.
 const MAX_POLLS: usize = 10_000;
@@ -54,7 +58,8 @@ impl Lease {
     }
 }
 
-/// Where a future under test is dropped: after its `polls`-th poll, if that did not complete it.
+/// Where a future under test is dropped: after its `polls`-th poll (0: unpolled), if that did not
+/// complete it.
 #[derive(Debug, Clone, Copy)]
 struct Cut {
     polls: usize,
@@ -88,7 +93,7 @@ async fn poll_until<F: Future>(
     let mut polled = 0;
     let mut waiting_for_wake = false;
     std::future::poll_fn(|cx| {
-        if waiting_for_wake {
+        if waiting_for_wake || cut.polls == 0 {
             return Poll::Ready(None);
         }
         let poll = fut.as_mut().poll(cx);
@@ -123,8 +128,10 @@ where
     let baseline = alive_tasks();
     let started = Instant::now();
     let mut completed_in = Vec::new();
-    for when in [When::Pending, When::Woken] {
-        for polls in 1..=MAX_POLLS {
+    // Dropped before its first poll, a future has done nothing yet (a release still owns its
+    // guard): once is enough.
+    for (when, first) in [(When::Pending, 0), (When::Woken, 1)] {
+        for polls in first..=MAX_POLLS {
             let cut = Cut { polls, when };
             let completed = case(cut).await;
             no_task_left_running(baseline, what, cut).await;
@@ -230,6 +237,44 @@ async fn until_waiting(watcher: Option<MultiplexedConnection>, key: &str) {
     }
 }
 
+/// Script calls the server has run (every lock step is one), whichever way they are sent.
+async fn script_calls(watcher: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(watcher)
+        .await
+        .expect("INFO commandstats");
+    [
+        "eval",
+        "evalsha",
+        "eval_ro",
+        "evalsha_ro",
+        "fcall",
+        "fcall_ro",
+    ]
+    .iter()
+    .map(|command| commandstat_calls(&info, command))
+    .sum()
+}
+
+/// Until a contended acquire, whose first poll has returned, waits for the release: Memory: that
+/// first poll got it there (no I/O). Redis: once the server has run both its attempts (the first,
+/// and the retry after it queued and subscribed) since `before` script calls; a release any
+/// earlier would let the retry take the lock without ever waiting.
+async fn until_retried(watcher: Option<MultiplexedConnection>, before: Option<u64>) {
+    let (Some(mut conn), Some(before)) = (watcher, before) else {
+        return;
+    };
+    let deadline = Instant::now() + BACKGROUND_RELEASE_BOUND;
+    while script_calls(&mut conn).await < before + ATTEMPTS_BEFORE_WAITING {
+        assert!(
+            Instant::now() < deadline,
+            "the contended acquire never sent its retry"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A task of `fx.locker` that waits for `key` (held by someone else); returned once it waits in
 /// the queue. It resolves to when it got the lock (it then releases it).
 async fn queued_waiter(
@@ -311,13 +356,16 @@ async fn a_dropped_contended_acquire_leaves_nothing_behind(fx: Fixture) {
                 let holder = hold_elsewhere(holding, &key, Lease::Fixed.options()).await;
                 let (first_poll_done, first_poll) = oneshot::channel();
                 let (dropped, dropped_rx) = oneshot::channel::<()>();
-                let waited_key = key.clone();
-                // Releases once the acquire waits (so it has passed the retry, the queue and the
-                // subscription), or once it was dropped before it got there.
+                let before = match &watcher {
+                    Some(conn) => Some(script_calls(&mut conn.clone()).await),
+                    None => None,
+                };
+                // Releases once the acquire waits (so it has passed the queue, the subscription
+                // and the retry), or once it was dropped before it got there.
                 let releaser = tokio::spawn(async move {
                     let _ = first_poll.await;
                     tokio::select! {
-                        () = until_waiting(watcher, &waited_key) => {}
+                        () = until_retried(watcher, before) => {}
                         _ = dropped_rx => {}
                     }
                     holder.release().await
@@ -450,3 +498,44 @@ both_backends!(
     a_release_dropped_during_a_hand_over_still_hands_the_lock_over,
     a_dropped_annotated_call_leaves_nothing_behind,
 );
+
+/// The Redis runs again, the locker under test talking through a proxy that delays every chunk:
+/// then no answer can arrive within the poll that sent its request, so each await of a Redis step
+/// is surely a cut point (on loopback a fast answer may not leave one).
+mod redis_backend_slow_link {
+    use std::time::Duration;
+
+    use distlock::Locker;
+
+    use super::support::fixture::Fixture;
+    use super::support::proxy::Proxy;
+    use super::support::redis_server::RedisServer;
+
+    /// Each direction: a round trip takes at least 2 ms, far longer than a poll.
+    const DELAY: Duration = Duration::from_millis(1);
+
+    macro_rules! slow_link {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let server = RedisServer::start();
+                    let proxy = Proxy::start(server.port());
+                    proxy.delay(DELAY);
+                    let locker = Locker::connect(&proxy.url()).await.expect("connect");
+                    let fx = Fixture { server: Some(server), locker };
+                    super::$name(fx).await;
+                    drop(proxy);
+                }
+            )*
+        };
+    }
+
+    slow_link!(
+        a_dropped_acquire_of_a_free_lock_leaves_nothing_behind,
+        a_dropped_contended_acquire_leaves_nothing_behind,
+        a_dropped_release_still_releases,
+        a_release_dropped_during_a_hand_over_still_hands_the_lock_over,
+        a_dropped_annotated_call_leaves_nothing_behind,
+    );
+}
