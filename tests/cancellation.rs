@@ -136,7 +136,7 @@ where
             let completed = case(cut).await;
             no_task_left_running(baseline, what, cut).await;
             if completed {
-                completed_in.push(format!("{polls} polls when dropped {when:?}"));
+                completed_in.push(format!("at poll {polls} with {when:?} cuts"));
                 break;
             }
             assert!(

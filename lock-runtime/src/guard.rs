@@ -305,9 +305,10 @@ impl LockGuard {
         let held = Arc::clone(&self.held);
         drop(self);
         if held.locker.leave(&held) {
-            // Begun, a release is finished even if this future is dropped: the watchdog stopped
-            // and no script sent would leave the lock held to the end of its lease; a hand-over
-            // sent but not delivered, with a waiting task that is never told.
+            // Once begun, a release runs to its end even if this future is dropped: stopped
+            // half-way it would leave the lock held to the end of its lease (watchdog stopped, no
+            // script sent), or passed to a waiting task that is never told (hand-over sent, not
+            // delivered).
             let runtime = held.locker.runtime.clone();
             let key = held.key.clone();
             let release = async move { held.release_in_backend().await };
