@@ -146,7 +146,7 @@ where
         }
     }
     eprintln!(
-        "{what}: completed in {}; {:?} in all",
+        "{what}: completed {}; {:?} in all",
         completed_in.join(", "),
         started.elapsed()
     );
@@ -462,29 +462,53 @@ async fn locked_with_the_watchdog(locker: &Locker, cut: Cut) -> Result<(), LockE
     Ok(())
 }
 
+/// Skip mode releases through another generated path (`finish_skip`).
+#[distributed_lock(key = "fn-skip:{cut}", wait = "5s", lease = "30s", on_busy = "skip", locker = locker)]
+async fn locked_or_skipped(locker: &Locker, cut: Cut) -> Option<()> {
+    tokio::task::yield_now().await; // a cancellation point inside the body
+    Some(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Annotated {
+    FixedLease,
+    Watchdog,
+    SkipWhenBusy,
+}
+
 async fn a_dropped_annotated_call_leaves_nothing_behind(fx: Fixture) {
     let watcher = watcher(&fx).await;
     warm_up(&fx, watcher).await;
-    for lease in [Lease::Fixed, Lease::Watchdog] {
-        let what = format!("annotated fn ({lease:?} lease)");
+    for annotated in [
+        Annotated::FixedLease,
+        Annotated::Watchdog,
+        Annotated::SkipWhenBusy,
+    ] {
+        let what = format!("annotated fn ({annotated:?})");
         at_every_poll(&what, |cut| {
-            let (fx, what) = (&fx, &what);
+            let (fx, what, locker) = (&fx, &what, &fx.locker);
             async move {
-                let (out, key) = match lease {
-                    Lease::Fixed => (
-                        poll_until(locked_with_a_fixed_lease(&fx.locker, cut), cut, None).await,
-                        format!("fn-fixed:{cut}"),
-                    ),
-                    Lease::Watchdog => (
-                        poll_until(locked_with_the_watchdog(&fx.locker, cut), cut, None).await,
-                        format!("fn-watchdog:{cut}"),
-                    ),
+                let (completed, key) = match annotated {
+                    Annotated::FixedLease => {
+                        let out = poll_until(locked_with_a_fixed_lease(locker, cut), cut, None);
+                        let out = out.await;
+                        assert!(out.as_ref().is_none_or(Result::is_ok), "{out:?}");
+                        (out.is_some(), format!("fn-fixed:{cut}"))
+                    }
+                    Annotated::Watchdog => {
+                        let out = poll_until(locked_with_the_watchdog(locker, cut), cut, None);
+                        let out = out.await;
+                        assert!(out.as_ref().is_none_or(Result::is_ok), "{out:?}");
+                        (out.is_some(), format!("fn-watchdog:{cut}"))
+                    }
+                    Annotated::SkipWhenBusy => {
+                        let out = poll_until(locked_or_skipped(locker, cut), cut, None).await;
+                        assert_ne!(out, Some(None), "the free lock was skipped");
+                        (out.is_some(), format!("fn-skip:{cut}"))
+                    }
                 };
-                if let Some(called) = &out {
-                    assert!(called.is_ok(), "{called:?}");
-                }
                 freed_within_bound(&fx.locker, &key, what, cut).await;
-                out.is_some()
+                completed
             }
         })
         .await;
