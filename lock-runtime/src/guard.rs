@@ -16,6 +16,7 @@ use crate::context;
 use crate::error::{BackendError, LockError};
 use crate::handoff::Handed;
 use crate::locker::LockerInner;
+use crate::run_to_end::RunToEnd;
 
 /// The shared state of one acquisition in Redis. The guards of calls nested in its scope that
 /// re-entered it share it.
@@ -156,6 +157,9 @@ impl HeldLock {
     }
 
     /// Stops the keeper and waits until it has stopped, so no renewal is sent after this returns.
+    /// A release runs this to its end (see `RunToEnd`). Dropped mid-way all the same (its runtime
+    /// shutting down), the keeper is aborted already and never polled again: at most a renewal
+    /// already sent lands late, and a renewal extends only a lock its token still owns.
     async fn stop_keeper(&self) {
         let keeper = self
             .keeper
@@ -330,12 +334,26 @@ impl LockGuard {
     /// have overlapped another holder's. A [`LockError::Backend`] error means no answer came: the
     /// release may still have been applied late, or not at all, in which case the lock expires
     /// by its lease. Either way it is not this guard's any more.
+    ///
+    /// Cancel-safe: once polled, the release is finished even if this future is dropped at any
+    /// await (an outer `timeout` or `select!`): the rest (stopping the watchdog, the release or
+    /// hand-over script) runs in the background on the runtime, like the release of a dropped
+    /// guard, and a hand-over under way still reaches the waiting task. Dropped before its first
+    /// poll, it is a dropped guard. Only the outcome is lost: a failure in the background is
+    /// logged at WARN.
     pub async fn release(mut self) -> Result<(), LockError> {
         self.released = true;
         let held = Arc::clone(&self.held);
         drop(self);
         if held.leave() {
-            held.release_in_backend().await
+            // Once begun, a release runs to its end even if this future is dropped: stopped
+            // half-way it would leave the lock held to the end of its lease (watchdog stopped, no
+            // script sent), or passed to a waiting task that is never told (hand-over sent, not
+            // delivered).
+            let runtime = held.locker.runtime.clone();
+            let key = held.key.clone();
+            let release = async move { held.release_in_backend().await };
+            RunToEnd::new(release, runtime, &key, "a release").await
         } else if held.is_lost() {
             Err(held.lease_lost())
         } else {

@@ -112,18 +112,31 @@ pub(crate) struct Place {
     key: String,
     id: u64,
     handed: oneshot::Receiver<Handed>,
+    /// Set when `try_take` found that a release took this place and handed nothing: the
+    /// receiver is finished then, and polling it again would panic.
+    spent: bool,
 }
 
 impl Place {
     /// The hand-over, if one has arrived.
     pub(crate) fn try_take(&mut self) -> Option<Claimed> {
-        self.handed.try_recv().ok().map(Handed::claim)
+        match self.handed.try_recv() {
+            Ok(handed) => Some(handed.claim()),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                self.spent = true;
+                None
+            }
+        }
     }
 
     /// Waits for a hand-over. `None`: a release took this task from the queue but handed
     /// nothing (it no longer held the lock, or got no answer): queue again and retry.
-    /// Cancel-safe; once it has returned, the place is spent.
+    /// Cancel-safe; once it has returned, or `try_take` has seen that, the place is spent.
     pub(crate) async fn handed(&mut self) -> Option<Claimed> {
+        if self.spent {
+            return None;
+        }
         (&mut self.handed).await.ok().map(Handed::claim)
     }
 }
@@ -165,6 +178,7 @@ impl Queues {
             key: key.to_owned(),
             id,
             handed: receiver,
+            spent: false,
         })
     }
 
@@ -229,6 +243,17 @@ mod tests {
             .acquire("k", fixed().wait(Duration::from_secs(5)))
             .await;
         assert!(again.is_ok(), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_place_taken_without_a_hand_over_says_so_after_a_look() {
+        let locker = Locker::in_memory();
+        let mut place = Queues::queue_up(&locker.inner, "k", LEASE).unwrap();
+        // A release took the place, then had nothing to hand (its lease had run out).
+        drop(locker.inner.queues.next_in_line("k").expect("the place"));
+        assert!(place.try_take().is_none());
+        // What a waiter does next: wait for the hand-over. It must learn at once to queue again.
+        assert!(place.handed().await.is_none());
     }
 
     #[tokio::test]

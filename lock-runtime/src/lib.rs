@@ -51,6 +51,7 @@ mod handoff;
 mod locker;
 mod options;
 mod reentry;
+mod run_to_end;
 
 #[doc(hidden)]
 pub mod __private {
