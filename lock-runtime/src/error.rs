@@ -95,6 +95,10 @@ pub enum BackendError {
          delete it if it is stale, or give the locker another key prefix"
     )]
     NotALock(String),
+    /// The server refuses something every lock needs: a connection (`maxclients`), the scripts
+    /// or the wake-up channels (ACL). The message quotes the server and says how to grant it.
+    #[error("{0}")]
+    Refused(String),
     /// The server answered something the lock scripts never return.
     #[error("unexpected reply from the server: {0}")]
     UnexpectedReply(String),

@@ -63,7 +63,7 @@ pub use error::{BackendError, LockError};
 pub use guard::{LockGuard, LockHandle};
 pub use locker::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_HANDOVERS_IN_A_ROW,
-    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_WATCHDOG_LEASE, Locker, LockerBuilder, MAX_KEY_LEN,
-    default_locker, install,
+    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SUBSCRIBER_HEALTH_CHECK, DEFAULT_WATCHDOG_LEASE,
+    FALLBACK_RETRY_INTERVAL, Locker, LockerBuilder, MAX_KEY_LEN, default_locker, install,
 };
 pub use options::{DEFAULT_WAIT, LockOptions, MAX_DURATION, MIN_LEASE};

@@ -3,6 +3,7 @@
 
 pub mod checker;
 pub mod fixture;
+pub mod logs;
 pub mod proxy;
 pub mod records;
 pub mod redis_server;
