@@ -67,13 +67,19 @@ async fn acl(server: &RedisServer, args: &[&str]) {
         .unwrap();
 }
 
-#[test]
-fn a_locker_made_on_a_dropped_runtime_works_on_the_next_one() {
-    let server = RedisServer::start();
+/// A locker made on a runtime that is then dropped, as a `Locker` kept in a static or installed
+/// outlives the runtime of, say, the first test.
+fn orphaned_locker(server: &RedisServer) -> Locker {
     let first = runtime();
     let locker = first.block_on(Locker::connect(&server.url())).unwrap();
-    // A `Locker` kept in a static or installed outlives the runtime of, say, the first test.
     drop(first);
+    locker
+}
+
+#[test]
+fn a_locker_made_on_a_dropped_runtime_runs_commands_on_the_next_one() {
+    let server = RedisServer::start();
+    let locker = orphaned_locker(&server);
     runtime().block_on(async {
         // The command connection's driver died with the first runtime: once "broken pipe".
         let guard = tokio::time::timeout(SLACK, locker.acquire("reborn", held()))
@@ -81,8 +87,18 @@ fn a_locker_made_on_a_dropped_runtime_works_on_the_next_one() {
             .expect("the first command is answered")
             .expect("the first command works on the new runtime");
         guard.release().await.unwrap();
+    });
+}
 
-        // The subscriber task died too: a waiter must still be woken by the release.
+#[test]
+fn a_locker_made_on_a_dropped_runtime_wakes_its_waiters_on_the_next_one() {
+    let server = RedisServer::start();
+    let locker = orphaned_locker(&server);
+    runtime().block_on(async {
+        // Past the command connection (see the test above), whatever it answers.
+        let _ = locker.acquire("warm-up", held()).await;
+        // The subscriber task died with the first runtime too: a waiter must still subscribe
+        // and be woken by the release (once it waited forever for the dead task's answer).
         let other = Locker::connect(&server.url()).await.unwrap();
         let holder = other.acquire("reborn", held()).await.unwrap();
         let waiter = {

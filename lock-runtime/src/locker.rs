@@ -153,6 +153,8 @@ impl Locker {
     ///
     /// - Uncontended: one round trip. Busy: the caller subscribes to the lock's release channel,
     ///   retries once, then sleeps until a release message or the holder's expiry (no polling).
+    ///   While its subscription does not work (the subscriber connection is down or stalled), it
+    ///   retries every [`FALLBACK_RETRY_INTERVAL`] instead.
     /// - Re-entrant: a task that already holds `key` through this locker gets it at once, with no
     ///   round trip; only the outermost guard's release releases in Redis. Note that futures
     ///   joined inside one task (`join!`, `select!`) are one holder: spawn tasks for concurrency.
