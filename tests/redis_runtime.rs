@@ -5,6 +5,7 @@ mod support;
 use std::time::Duration;
 
 use distlock::{LockError, LockOptions, Locker};
+use support::logs::Captured;
 use support::redis_server::RedisServer;
 use tokio::time::Instant;
 
@@ -492,30 +493,11 @@ async fn a_rediss_url_connects_over_tls() {
     assert!(matches!(err, LockError::Backend { .. }), "{err}");
 }
 
-/// Collects formatted tracing output in memory.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn acquire_renew_release_and_loss_are_traced() {
     let server = RedisServer::start();
     let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
+    let subscriber = captured.subscriber(tracing::Level::TRACE);
     // A current-thread runtime keeps every task (the watchdog too) under this thread's subscriber.
     tracing::subscriber::with_default(subscriber, || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -543,7 +525,7 @@ fn acquire_renew_release_and_loss_are_traced() {
             let _ = short.release().await;
         });
     });
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     for (level, message) in [
         ("DEBUG", "lock acquired"),
         ("TRACE", "lock lease renewed"),

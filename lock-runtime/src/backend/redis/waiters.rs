@@ -126,11 +126,16 @@ impl Waiters {
         let unregister = Unregister::new(move || {
             let _ = actor.send(Command::Unregister { channel });
         });
-        let Ok(Registered { notify, mut link }) = answer.await else {
-            // The actor was dropped before answering: its runtime is shutting down.
+        // The actor answers at once; no answer means it was dropped (its runtime is shutting
+        // down) or is not running (a current-thread runtime outside `block_on`): go on without.
+        let give_up = Instant::now() + SUBSCRIBE_WAIT;
+        let Ok(Ok(Registered { notify, mut link })) =
+            tokio::time::timeout_at(give_up, answer).await
+        else {
             return Subscription::with_link(Arc::new(Notify::new()), down(), unregister);
         };
-        let _ = tokio::time::timeout(SUBSCRIBE_WAIT, link.wait_for(|l| *l != Link::Pending)).await;
+        let confirmed = link.wait_for(|l| *l != Link::Pending);
+        let _ = tokio::time::timeout_at(give_up, confirmed).await;
         Subscription::with_link(notify, link, unregister)
     }
 }
