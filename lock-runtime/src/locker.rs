@@ -633,6 +633,7 @@ impl LockerBuilder {
     /// within the same time. A half-open connection is noticed within twice this; meanwhile
     /// waiters may miss releases, and from then on they retry every [`FALLBACK_RETRY_INTERVAL`]
     /// until the connection is back.
+    #[must_use]
     pub fn subscriber_health_check(mut self, interval: Duration) -> Self {
         self.subscriber_health_check = interval;
         self
