@@ -7,7 +7,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use distlock::{BackendError, LockError, LockOptions, Locker};
-use support::captured_log::Captured;
+use support::logs::Captured;
 use support::redis_server::RedisServer;
 
 /// Connect and response timeouts for the failure cases: short, so that the tests are quick,

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use distlock::{LockError, LockOptions, Locker};
-use support::captured_log::Captured;
+use support::logs::Captured;
 use support::redis_server::RedisServer;
 use tokio::time::Instant;
 
@@ -497,12 +497,7 @@ async fn a_rediss_url_connects_over_tls() {
 fn acquire_renew_release_and_loss_are_traced() {
     let server = RedisServer::start();
     let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
+    let subscriber = captured.subscriber(tracing::Level::TRACE);
     // A current-thread runtime keeps every task (the watchdog too) under this thread's subscriber.
     tracing::subscriber::with_default(subscriber, || {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -107,6 +107,7 @@ enum Kind {
     Timeout { after: Duration, what: &'static str },
     Random(getrandom::Error),
     NotALock(String),
+    Refused(String),
     UnexpectedReply(String),
 }
 
@@ -136,6 +137,14 @@ impl BackendError {
     pub(crate) fn not_a_lock(name: String) -> Self {
         BackendError {
             kind: Kind::NotALock(name),
+        }
+    }
+
+    /// The server refuses something every lock needs: a connection (`maxclients`), the scripts
+    /// or the wake-up channels (ACL). The message quotes the server and says how to grant it.
+    pub(crate) fn refused(message: String) -> Self {
+        BackendError {
+            kind: Kind::Refused(message),
         }
     }
 
@@ -172,6 +181,7 @@ impl BackendError {
     /// by themselves (`LOADING`, `READONLY` during a failover).
     pub fn is_server_refusal(&self) -> bool {
         match &self.kind {
+            Kind::Refused(_) => true,
             Kind::Redis(e) => {
                 matches!(
                     e.kind(),
@@ -207,6 +217,7 @@ impl fmt::Display for BackendError {
                 "`{name}` holds a value without expiry that no lock wrote, so it would never be \
                  released; delete it if it is stale, or give the locker another key prefix"
             ),
+            Kind::Refused(message) => f.write_str(message),
             Kind::UnexpectedReply(what) => write!(f, "unexpected reply from the server: {what}"),
         }
     }
@@ -217,7 +228,10 @@ impl std::error::Error for BackendError {
         match &self.kind {
             Kind::Redis(e) => Some(e),
             Kind::Random(e) => Some(e),
-            Kind::Timeout { .. } | Kind::NotALock(_) | Kind::UnexpectedReply(_) => None,
+            Kind::Timeout { .. }
+            | Kind::NotALock(_)
+            | Kind::Refused(_)
+            | Kind::UnexpectedReply(_) => None,
         }
     }
 }

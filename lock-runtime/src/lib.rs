@@ -25,7 +25,10 @@
 //!   `GET P{K} == releaser's token`: `SET P{K} waiter's token PX lease`, `INCR P{K}:fence`.
 //!
 //! Waiters subscribe to `P{K}:released` before retrying, through one subscriber connection per
-//! [`Locker`] shared by all waiting tasks, and sleep until a message or the holder's expiry.
+//! [`Locker`] shared by all waiting tasks, and sleep until a message or the holder's expiry. The
+//! subscriber connection is PINGed every [`LockerBuilder::subscriber_health_check`] (a half-open
+//! one is replaced within twice that); a waiter whose subscription does not work retries every
+//! [`FALLBACK_RETRY_INTERVAL`] instead.
 //! Tasks of one [`Locker`] that wait for the same key also queue in arrival order: a release
 //! through that locker passes the lock straight to the first of them (a hand-over: one round
 //! trip, no message), up to [`LockerBuilder::max_handovers_in_a_row`] times in a row; then it
@@ -65,7 +68,7 @@ pub use error::{BackendError, LockError};
 pub use guard::{LockGuard, LockHandle};
 pub use locker::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_HANDOVERS_IN_A_ROW,
-    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_WATCHDOG_LEASE, Locker, LockerBuilder, MAX_KEY_LEN,
-    default_locker, install,
+    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SUBSCRIBER_HEALTH_CHECK, DEFAULT_WATCHDOG_LEASE,
+    FALLBACK_RETRY_INTERVAL, Locker, LockerBuilder, MAX_KEY_LEN, default_locker, install,
 };
 pub use options::{DEFAULT_WAIT, LockOptions, MAX_DURATION, MIN_LEASE};

@@ -26,6 +26,15 @@ pub const DEFAULT_WATCHDOG_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one command may wait for its answer.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the Redis wake-up subscriber connection is checked with a PING; a PING not answered
+/// by the next one ends the connection (it is made again and its channels resubscribed). So a
+/// half-open subscriber connection is noticed within twice this; see
+/// [`LockerBuilder::subscriber_health_check`].
+pub const DEFAULT_SUBSCRIBER_HEALTH_CHECK: Duration = Duration::from_secs(1);
+/// How often a waiter asks again while releases cannot reach it (the Redis subscriber
+/// connection is down, stalled, or not yet subscribed): a free lock is then found within this,
+/// never only at the holder's expiry.
+pub const FALLBACK_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// The longest key accepted, in bytes: a longer one is almost surely a value passed by mistake.
 pub const MAX_KEY_LEN: usize = 1024;
 
@@ -140,6 +149,8 @@ impl Locker {
     ///
     /// - Uncontended: one round trip. Busy: the caller subscribes to the lock's release channel,
     ///   retries once, then sleeps until a release message or the holder's expiry (no polling).
+    ///   While its subscription does not work (the subscriber connection is down or stalled), it
+    ///   retries every [`FALLBACK_RETRY_INTERVAL`] instead.
     /// - Re-entrant by call nesting: inside the scope of a lock of this locker (the body of a
     ///   `#[distributed_lock]` fn, or [`LockGuard::scope`]), an acquire of the same key joins that
     ///   lock at once, with no round trip; only the last guard of the acquisition releases in
@@ -238,7 +249,12 @@ impl Locker {
                         return Err(not_acquired());
                     }
                     // Also retry when the holder's lease runs out: a crashed holder never publishes.
-                    let wake_at = (now + ttl + Duration::from_millis(1)).min(deadline);
+                    let mut wake_at = (now + ttl + Duration::from_millis(1)).min(deadline);
+                    // A release may not reach us: ask at a steady pace. A subscription that comes
+                    // up wakes us (`notified` was enabled before the attempt), so none is missed.
+                    if !subscription.is_live() {
+                        wake_at = wake_at.min(now + FALLBACK_RETRY_INTERVAL);
+                    }
                     let woken = tokio::select! {
                         lock = place.handed() => Some(lock),
                         _ = &mut notified => None,
@@ -511,6 +527,7 @@ pub struct LockerBuilder {
     renewal_interval: Option<Duration>,
     connect_timeout: Duration,
     response_timeout: Duration,
+    subscriber_health_check: Duration,
     max_handovers_in_a_row: u32,
     #[cfg(feature = "tls")]
     tls_root_certificate: Option<Vec<u8>>,
@@ -525,6 +542,7 @@ impl LockerBuilder {
             renewal_interval: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            subscriber_health_check: DEFAULT_SUBSCRIBER_HEALTH_CHECK,
             max_handovers_in_a_row: DEFAULT_MAX_HANDOVERS_IN_A_ROW,
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
@@ -576,6 +594,17 @@ impl LockerBuilder {
         self
     }
 
+    /// How often the wake-up subscriber connection is checked (default
+    /// [`DEFAULT_SUBSCRIBER_HEALTH_CHECK`]): a PING every `interval`, which must be answered
+    /// within the same time. A half-open connection is noticed within twice this; meanwhile
+    /// waiters may miss releases, and from then on they retry every [`FALLBACK_RETRY_INTERVAL`]
+    /// until the connection is back.
+    #[must_use]
+    pub fn subscriber_health_check(mut self, interval: Duration) -> Self {
+        self.subscriber_health_check = interval;
+        self
+    }
+
     /// How many times in a row a release may pass the lock straight to a task of this locker
     /// that waits for it (default [`DEFAULT_MAX_HANDOVERS_IN_A_ROW`]).
     ///
@@ -590,8 +619,10 @@ impl LockerBuilder {
         self
     }
 
-    /// Checks the settings and connects (for Redis: the command connection now, the wake-up
-    /// subscriber connection at the first contended acquire).
+    /// Checks the settings and connects. For Redis: the command connection and the wake-up
+    /// subscriber connection; fails at once, quoting the server, when it refuses either (e.g.
+    /// `maxclients`) or denies the user the lock scripts or the wake-up channels (ACL). Logs a
+    /// WARN when the server's `maxmemory-policy` can evict lock keys.
     pub async fn build(self) -> Result<Locker, LockError> {
         let invalid = |reason: String| LockError::InvalidOptions { key: None, reason };
         check_lease("watchdog_lease", self.watchdog_lease).map_err(invalid)?;
@@ -606,6 +637,7 @@ impl LockerBuilder {
         for (what, d) in [
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
+            ("subscriber_health_check", self.subscriber_health_check),
         ] {
             if d.is_zero() || d > MAX_DURATION {
                 return Err(invalid(format!(
@@ -624,6 +656,7 @@ impl LockerBuilder {
                     prefix: self.key_prefix,
                     connect_timeout: self.connect_timeout,
                     response_timeout: self.response_timeout,
+                    health_check: self.subscriber_health_check,
                 };
                 Backend::Redis(
                     RedisBackend::connect(client, settings)

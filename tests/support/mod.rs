@@ -1,9 +1,9 @@
 //! Test support: real `redis-server` processes, started and stopped by the tests themselves.
 #![allow(dead_code)] // each test file uses a different part
 
-pub mod captured_log;
 pub mod checker;
 pub mod fixture;
+pub mod logs;
 pub mod proxy;
 pub mod records;
 pub mod redis_server;

@@ -49,6 +49,9 @@ struct State {
     flow: Flow,
     /// Added to every chunk, in each direction, counted from when the proxy read it.
     delay: Duration,
+    /// Connections (by accept order, from 0, end excluded) held as in `Stall` while the others
+    /// flow.
+    stalled_ids: Option<(u64, u64)>,
 }
 
 #[derive(Default)]
@@ -84,6 +87,7 @@ impl Proxy {
         let (state, watcher) = watch::channel(State {
             flow: Flow::Forward,
             delay: Duration::ZERO,
+            stalled_ids: None,
         });
         let counters = Arc::new(Counters::default());
         let (shutdown, stopped) = oneshot::channel();
@@ -135,6 +139,14 @@ impl Proxy {
         self.state.send_modify(|s| s.flow = Flow::Stall);
     }
 
+    /// Holds the bytes of some connections, both ways, as `stall()` does, and lets the others
+    /// flow: `ids` counts the connections accepted from 0 (a client's second connection, e.g. a
+    /// locker's subscriber, is 1; `1..u64::MAX` holds it and every later one). Until `heal()`.
+    pub fn stall_connections(&self, ids: std::ops::Range<u64>) {
+        self.state
+            .send_modify(|s| s.stalled_ids = Some((ids.start, ids.end)));
+    }
+
     /// Resets every open connection (RST, held bytes discarded) and resets each new one as soon
     /// as it is accepted, until `heal()`. Returns once every open connection is closed.
     pub fn cut(&self) {
@@ -162,6 +174,7 @@ impl Proxy {
         self.state.send_modify(|s| {
             s.flow = Flow::Forward;
             s.delay = Duration::ZERO;
+            s.stalled_ids = None;
         });
     }
 
@@ -217,10 +230,10 @@ async fn accept_loop(
             reset(client);
             continue;
         }
-        counters.accepted.fetch_add(1, Ordering::SeqCst);
+        let id = counters.accepted.fetch_add(1, Ordering::SeqCst);
         // Counted before the task starts, so a `cut()` right now waits for it too.
         let open = Open::new(&counters);
-        tokio::spawn(serve(client, upstream, state.clone(), open));
+        tokio::spawn(serve(client, upstream, state.clone(), open, id));
     }
 }
 
@@ -254,6 +267,7 @@ async fn serve(
     upstream: SocketAddr,
     state: watch::Receiver<State>,
     open: Open,
+    id: u64,
 ) {
     let mut cut = state.clone();
     let connected = tokio::select! {
@@ -273,8 +287,8 @@ async fn serve(
         tokio::select! {
             both = async {
                 tokio::try_join!(
-                    one_way(from_client, to_server, state.clone()),
-                    one_way(from_server, to_client, state.clone()),
+                    one_way(from_client, to_server, state.clone(), id),
+                    one_way(from_server, to_client, state.clone(), id),
                 )
             } => both.is_ok(),
             // Also when the proxy stops (the state's sender is gone).
@@ -298,6 +312,7 @@ async fn one_way(
     mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     mut state: watch::Receiver<State>,
+    id: u64,
 ) -> io::Result<()> {
     let (queue, mut queued) = mpsc::unbounded_channel::<(Instant, Option<Vec<u8>>)>();
     let read = async move {
@@ -314,7 +329,7 @@ async fn one_way(
     };
     let write = async move {
         while let Some((read_at, chunk)) = queued.recv().await {
-            hold(&mut state, read_at).await?;
+            hold(&mut state, read_at, id).await?;
             match chunk {
                 Some(bytes) => to.write_all(&bytes).await?,
                 None => {
@@ -330,15 +345,19 @@ async fn one_way(
 
 /// Waits until a chunk read at `read_at` may be written: forwarding, and its delay passed. A cut
 /// is the connection task's business: here it just holds.
-async fn hold(state: &mut watch::Receiver<State>, read_at: Instant) -> io::Result<()> {
+async fn hold(state: &mut watch::Receiver<State>, read_at: Instant, id: u64) -> io::Result<()> {
     loop {
         let now = *state.borrow_and_update();
         let due = read_at + now.delay;
-        if now.flow == Flow::Forward && Instant::now() >= due {
+        let singled_out = now
+            .stalled_ids
+            .is_some_and(|(start, end)| (start..end).contains(&id));
+        let flows = now.flow == Flow::Forward && !singled_out;
+        if flows && Instant::now() >= due {
             return Ok(());
         }
         let ready = async {
-            if now.flow == Flow::Forward {
+            if flows {
                 tokio::time::sleep_until(due).await;
             } else {
                 std::future::pending::<()>().await;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::error::BackendError;
 
@@ -105,15 +105,52 @@ impl Backend {
 /// A waiter's registration for one key's wake-ups. Dropping it unregisters.
 pub(crate) struct Subscription {
     notify: Arc<Notify>,
+    /// Whether a release reaches `notify` right now (Redis: the channel is subscribed on a
+    /// working connection); `None` for a backend whose wake-ups cannot fail.
+    link: Option<watch::Receiver<Link>>,
     _unregister: Unregister,
+}
+
+/// The state of a subscription's wake-up path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// Being set up (connecting, or SUBSCRIBE sent): worth a short wait.
+    Pending,
+    /// Releases reach the waiter. Entering this state wakes every waiter of the channel, so one
+    /// that retried before it and saw the lock busy retries once more (no lost wake-up).
+    Live,
+    /// Releases may not reach the waiter: it has to retry at a steady pace.
+    Down,
 }
 
 impl Subscription {
     pub(crate) fn new(notify: Arc<Notify>, unregister: Unregister) -> Self {
         Subscription {
             notify,
+            link: None,
             _unregister: unregister,
         }
+    }
+
+    /// A subscription whose wake-ups may fail; `link` says when they work.
+    pub(crate) fn with_link(
+        notify: Arc<Notify>,
+        link: watch::Receiver<Link>,
+        unregister: Unregister,
+    ) -> Self {
+        Subscription {
+            notify,
+            link: Some(link),
+            _unregister: unregister,
+        }
+    }
+
+    /// True while a release is sure to wake this subscription; false when the waiter must retry
+    /// on its own at [`crate::FALLBACK_RETRY_INTERVAL`].
+    pub(crate) fn is_live(&self) -> bool {
+        self.link
+            .as_ref()
+            .is_none_or(|link| *link.borrow() == Link::Live)
     }
 
     /// The wake-up source. A release wakes one waiting task of this process per message; a

@@ -7,18 +7,21 @@
 //!
 //! The `{K}` hash tag keeps the lock and its counter in one Cluster slot.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::oneshot;
 
 use super::{Attempt, Released, Subscription};
 use crate::error::BackendError;
+use crate::locker::lock;
 
+mod checks;
 mod waiters;
 
-use waiters::Waiters;
+use waiters::{SubscriberSettings, Waiters};
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("acquire.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
@@ -29,13 +32,48 @@ pub(crate) struct RedisSettings {
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
+    pub(crate) health_check: Duration,
 }
 
 pub(crate) struct RedisBackend {
-    conn: ConnectionManager,
+    conn: Mutex<CommandConnection>,
+    /// What a new command connection is made from, when the runtime of the old one is gone
+    /// (boxed: needed rarely, and large).
+    remake: Box<(redis::Client, ConnectionManagerConfig)>,
     prefix: String,
     response_timeout: Duration,
     waiters: Waiters,
+}
+
+/// The command connection, and a sentinel task on the runtime that drives it.
+///
+/// The connection's I/O runs in a task of the runtime it was made on. A locker outlives that
+/// runtime when it is kept in a static or installed and then used from another one (the next
+/// `#[tokio::test]`): its connection is then dead ("broken pipe"), and is replaced on the
+/// runtime of the next caller. The sentinel is how that is noticed: it ends with its runtime.
+struct CommandConnection {
+    manager: ConnectionManager,
+    runtime_alive: oneshot::Receiver<()>,
+}
+
+impl CommandConnection {
+    fn new(manager: ConnectionManager) -> Self {
+        let (mut alive, runtime_alive) = oneshot::channel::<()>();
+        // Ends when the connection is replaced or dropped (its receiver is gone), or with the
+        // runtime.
+        tokio::spawn(async move { alive.closed().await });
+        CommandConnection {
+            manager,
+            runtime_alive,
+        }
+    }
+
+    fn runtime_gone(&mut self) -> bool {
+        matches!(
+            self.runtime_alive.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        )
+    }
 }
 
 /// How many times the command connection retries a lost connection before a command fails;
@@ -47,33 +85,85 @@ impl RedisBackend {
         client: redis::Client,
         settings: RedisSettings,
     ) -> Result<Self, BackendError> {
-        let config = redis::aio::ConnectionManagerConfig::new()
+        let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(Some(settings.response_timeout))
             .set_number_of_retries(RECONNECT_RETRIES);
+        // Each connection (commands, wake-ups) within one connect timeout plus one response
+        // timeout.
+        let bound = settings.connect_timeout + settings.response_timeout;
+        let timed_out = |_| BackendError::timeout(settings.connect_timeout, "connecting");
         let connect = async {
-            let mut conn = client.get_connection_manager_with_config(config).await?;
+            let mut conn = match client
+                .get_connection_manager_with_config(config.clone())
+                .await
+            {
+                Ok(conn) => conn,
+                Err(e) => return Err(checks::connection_refused(&client, "connection", e).await),
+            };
             // Load the scripts now: the first acquire is then one EVALSHA like every other, and a
             // wrong password or an unusable server shows up here rather than at the first lock.
             for script in [&*ACQUIRE, &*RELEASE, &*RENEW] {
-                script.load_async(&mut conn).await?;
+                script.load_async(&mut conn).await.map_err(|e| {
+                    checks::scripts_refused(BackendError::redis(e), &settings.prefix)
+                })?;
             }
-            Ok::<_, redis::RedisError>(conn)
+            Ok(conn)
         };
-        let conn = tokio::time::timeout(
-            settings.connect_timeout + settings.response_timeout,
-            connect,
-        )
-        .await
-        .map_err(|_| BackendError::timeout(settings.connect_timeout, "connecting"))?
-        .map_err(BackendError::redis)?;
-        let waiters = Waiters::start(client, settings.connect_timeout, settings.response_timeout);
-        Ok(RedisBackend {
-            conn,
+        let mut conn = tokio::time::timeout(bound, connect)
+            .await
+            .map_err(timed_out)??;
+        // Made now rather than at the first contended acquire, so that a server that refuses it
+        // says so here.
+        let subscriber = checks::open_subscriber(&client, &mut conn, &settings.prefix);
+        let pubsub = tokio::time::timeout(bound, subscriber)
+            .await
+            .map_err(timed_out)??;
+        let waiters = Waiters::start(
+            SubscriberSettings {
+                client: client.clone(),
+                connect_timeout: settings.connect_timeout,
+                response_timeout: settings.response_timeout,
+                health_check: settings.health_check,
+            },
+            pubsub,
+        );
+        let backend = RedisBackend {
+            conn: Mutex::new(CommandConnection::new(conn.clone())),
+            remake: Box::new((client, config)),
             prefix: settings.prefix,
             response_timeout: settings.response_timeout,
             waiters,
-        })
+        };
+        // The scripts run under the user's rights on the keys they touch: release a lock nobody
+        // holds, which changes nothing.
+        backend
+            .release(checks::PROBE_KEY, checks::PROBE_KEY, None)
+            .await
+            .map_err(|e| checks::scripts_refused(e, &backend.prefix))?;
+        checks::warn_if_evicting(&mut conn, settings.response_timeout).await;
+        Ok(backend)
+    }
+
+    /// The command connection; a new one, driven by the current runtime, when the runtime of
+    /// the old one is gone.
+    fn command_connection(&self) -> ConnectionManager {
+        let mut conn = lock(&self.conn);
+        if conn.runtime_gone() {
+            // Connects at its first command, in the caller's runtime.
+            let (client, config) = &*self.remake;
+            match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+                Ok(manager) => {
+                    tracing::debug!(
+                        "the runtime of the lock command connection is gone; reconnecting on \
+                         this one"
+                    );
+                    *conn = CommandConnection::new(manager);
+                }
+                Err(error) => tracing::debug!(%error, "lock command connection not replaced"),
+            }
+        }
+        conn.manager.clone()
     }
 
     fn lock_key(&self, key: &str) -> String {
@@ -85,7 +175,7 @@ impl RedisBackend {
         invocation: redis::ScriptInvocation<'_>,
         what: &'static str,
     ) -> Result<T, BackendError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.command_connection();
         match tokio::time::timeout(self.response_timeout, invocation.invoke_async(&mut conn)).await
         {
             Ok(Err(e)) if e.is_timeout() => Err(BackendError::timeout(self.response_timeout, what)),

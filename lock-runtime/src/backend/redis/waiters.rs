@@ -1,225 +1,513 @@
 //! Pub/sub fan-out: one subscriber connection per locker, shared by every waiting task.
 //!
-//! One task owns the connection and the table of channels. Waiters talk to it through a queue, so
-//! SUBSCRIBE and UNSUBSCRIBE reach the server in the order the waiters came and went. A channel
-//! is subscribed while at least one local task waits on it; a message wakes one of them (tokio's
-//! `Notify::notify_one`: a woken waiter that goes away before acting passes the wake-up on).
+//! One task (the actor) owns the connection and the table of channels. Waiters register through
+//! a queue, so SUBSCRIBE and UNSUBSCRIBE reach the server in the order the waiters came and went.
+//! A channel is subscribed while at least one local task waits on it; a message wakes one of them
+//! (tokio's `Notify::notify_one`: a woken waiter that goes away before acting passes it on).
 //!
-//! When the connection drops, every waiter is woken to retry (it may have missed a release), and
-//! the task reconnects with backoff, resubscribes every channel, and wakes everyone once more.
+//! The actor never waits on the network in line: connecting, SUBSCRIBE, UNSUBSCRIBE and the
+//! health-check PING run beside it, each under its own timeout, so one stalled request holds up
+//! no other key's waiters. Each channel tells its waiters whether releases reach them ([`Link`]);
+//! a waiter without a live link retries at a steady pace instead (see `Locker::acquire`).
+//!
+//! A PING goes out every health-check interval and must be answered before the next one: a
+//! half-open connection is given up within two intervals. A lost connection (no PONG, stream
+//! closed, a request failed) wakes every waiter to retry (it may have missed a release); the actor
+//! reconnects with backoff and resubscribes every channel, and a channel whose SUBSCRIBE is
+//! confirmed wakes its waiters once more.
+//!
+//! The actor runs on the runtime that started it. When that runtime is gone (a locker kept in a
+//! static and used from the next runtime), the next waiter starts a new actor on its own runtime.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
-use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::time::Instant;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use redis::aio::{PubSub, PubSubSink, PubSubStream};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::backend::{Subscription, Unregister};
+use super::checks;
+use crate::backend::{Link, Subscription, Unregister};
+use crate::locker::{FALLBACK_RETRY_INTERVAL, lock};
 
 /// First pause before reconnecting a lost subscriber connection; doubles up to the maximum.
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+/// How long a new waiter waits for its channel's SUBSCRIBE to be confirmed before it goes on
+/// without (retrying at a steady pace until the confirmation wakes it): a confirmation takes one
+/// round trip, and a stalled one must not keep the waiter from its first paced retry for long.
+const SUBSCRIBE_WAIT: Duration = Duration::from_millis(250);
+
+/// What the subscriber needs from the locker's settings.
+pub(crate) struct SubscriberSettings {
+    pub(crate) client: redis::Client,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    /// How often the connection is PINGed; a PING unanswered by the next one ends it.
+    pub(crate) health_check: Duration,
+}
 
 enum Command {
-    Subscribe {
+    Register {
         channel: String,
-        reply: oneshot::Sender<Arc<Notify>>,
+        reply: oneshot::Sender<Registered>,
     },
-    Unsubscribe {
+    Unregister {
         channel: String,
     },
+}
+
+struct Registered {
+    notify: Arc<Notify>,
+    link: watch::Receiver<Link>,
 }
 
 pub(crate) struct Waiters {
-    commands: mpsc::UnboundedSender<Command>,
+    settings: Arc<SubscriberSettings>,
+    actor: Mutex<mpsc::UnboundedSender<Command>>,
 }
 
 impl Waiters {
-    pub(crate) fn start(
-        client: redis::Client,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-    ) -> Self {
-        let (commands, rx) = mpsc::unbounded_channel();
-        let actor = Actor {
-            client,
-            connect_timeout,
-            response_timeout,
-            conn: None,
-            channels: HashMap::new(),
-            reconnect_at: None,
-            backoff: RECONNECT_MIN_DELAY,
-        };
-        // The task ends when the locker (the only sender) is dropped.
-        tokio::spawn(actor.run(rx));
-        Waiters { commands }
+    /// Starts the actor on the current runtime, with the connection made (and checked) at
+    /// connect.
+    pub(crate) fn start(settings: SubscriberSettings, conn: PubSub) -> Self {
+        let settings = Arc::new(settings);
+        let actor = Actor::spawn(Arc::clone(&settings), Some(conn));
+        Waiters {
+            settings,
+            actor: Mutex::new(actor),
+        }
     }
 
-    /// Registers a waiter on `channel`; returns once the channel is subscribed (or, with the
-    /// subscriber connection down, once the reconnect is scheduled: the reconnect wakes everyone).
+    /// The actor's queue; a new actor on the current runtime when the old one is gone.
+    fn actor(&self) -> mpsc::UnboundedSender<Command> {
+        let mut actor = lock(&self.actor);
+        if actor.is_closed() {
+            tracing::debug!(
+                "lock wake-up subscriber task is gone (its runtime shut down); starting one on \
+                 this runtime"
+            );
+            *actor = Actor::spawn(Arc::clone(&self.settings), None);
+        }
+        actor.clone()
+    }
+
+    /// Registers a waiter on `channel`; returns once the channel is subscribed, or after
+    /// `SUBSCRIBE_WAIT` without (the subscription then says it is not live).
     pub(crate) async fn subscribe(&self, channel: String) -> Subscription {
         let (reply, answer) = oneshot::channel();
-        let sent = self.commands.send(Command::Subscribe {
+        let register = Command::Register {
             channel: channel.clone(),
             reply,
-        });
-        // Armed before the answer is awaited: a waiter that gives up meanwhile (its wait ran out
-        // while the subscriber connection was being made) still balances its Subscribe, which
-        // the actor handles first, as commands are handled in order.
-        let commands = self.commands.clone();
-        let unregister = Unregister::new(move || {
-            let _ = commands.send(Command::Unsubscribe { channel });
-        });
-        // If the actor is gone (runtime shutting down) the waiter still works: it retries when
-        // the holder's lease runs out.
-        let notify = match (sent, answer.await) {
-            (Ok(()), Ok(notify)) => notify,
-            _ => Arc::new(Notify::new()),
         };
-        Subscription::new(notify, unregister)
+        // A failed send hands the command back with its reply sender inside: dropping it here
+        // means nothing is left waiting for an answer that cannot come. One more try is for an
+        // actor that died between the check and the send.
+        let mut actor = self.actor();
+        if let Err(mpsc::error::SendError(register)) = actor.send(register) {
+            actor = self.actor();
+            if actor.send(register).is_err() {
+                // No actor can run here (the runtime is shutting down): retry at a steady pace.
+                return Subscription::with_link(
+                    Arc::new(Notify::new()),
+                    down(),
+                    Unregister::new(|| {}),
+                );
+            }
+        }
+        // Armed before the answer is awaited: a waiter that gives up meanwhile still balances
+        // its Register, which the actor handles first, as commands are handled in order.
+        let unregister = Unregister::new(move || {
+            let _ = actor.send(Command::Unregister { channel });
+        });
+        // The actor answers at once; no answer means it was dropped (its runtime is shutting
+        // down) or is not running (a current-thread runtime outside `block_on`): go on without.
+        let give_up = Instant::now() + SUBSCRIBE_WAIT;
+        let Ok(Ok(Registered { notify, mut link })) =
+            tokio::time::timeout_at(give_up, answer).await
+        else {
+            return Subscription::with_link(Arc::new(Notify::new()), down(), unregister);
+        };
+        let confirmed = link.wait_for(|l| *l != Link::Pending);
+        let _ = tokio::time::timeout_at(give_up, confirmed).await;
+        Subscription::with_link(notify, link, unregister)
     }
+}
+
+/// A link that never comes up.
+fn down() -> watch::Receiver<Link> {
+    watch::channel(Link::Down).1
+}
+
+/// One subscribed channel: its waiters' wake-up, whether releases reach them, how many there are.
+struct Channel {
+    notify: Arc<Notify>,
+    link: watch::Sender<Link>,
+    waiters: usize,
+}
+
+struct Connection {
+    sink: PubSubSink,
+    stream: PubSubStream,
+}
+
+/// A request that ran beside the actor, and how it ended (the error as text for the logs).
+enum Done {
+    Connected(Result<PubSub, String>),
+    Subscribed {
+        generation: u64,
+        channels: Vec<(String, Arc<Notify>)>,
+        result: Result<(), String>,
+    },
+    Unsubscribed {
+        generation: u64,
+        result: Result<(), String>,
+    },
+    Pinged {
+        generation: u64,
+        result: Result<(), String>,
+    },
 }
 
 struct Actor {
-    client: redis::Client,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-    conn: Option<(PubSubSink, PubSubStream)>,
-    /// Channel -> (the waiters' shared Notify, how many waiters are registered).
-    channels: HashMap<String, (Arc<Notify>, usize)>,
+    settings: Arc<SubscriberSettings>,
+    conn: Option<Connection>,
+    /// Changes whenever a connection is made or given up, so that a late answer on an old one is
+    /// told apart.
+    generation: u64,
+    connecting: bool,
+    ping_in_flight: bool,
+    channels: HashMap<String, Channel>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Done>>,
     reconnect_at: Option<Instant>,
     backoff: Duration,
+    /// Waiters are without wake-ups and a WARN said so: one per outage.
+    outage_reported: bool,
 }
 
 impl Actor {
+    fn spawn(
+        settings: Arc<SubscriberSettings>,
+        conn: Option<PubSub>,
+    ) -> mpsc::UnboundedSender<Command> {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let mut actor = Actor {
+            settings,
+            conn: None,
+            generation: 0,
+            connecting: false,
+            ping_in_flight: false,
+            channels: HashMap::new(),
+            in_flight: FuturesUnordered::new(),
+            reconnect_at: None,
+            backoff: RECONNECT_MIN_DELAY,
+            outage_reported: false,
+        };
+        if let Some(conn) = conn {
+            actor.connected(conn);
+        }
+        // The task ends when the locker (the only sender besides pending unregistrations) is
+        // dropped, or with its runtime.
+        tokio::spawn(actor.run(rx));
+        commands
+    }
+
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut health = tokio::time::interval(self.settings.health_check);
+        health.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let reconnect_at = self.reconnect_at;
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(Command::Subscribe { channel, reply }) => {
-                        let notify = self.subscribe(channel).await;
-                        let _ = reply.send(notify);
+                    Some(Command::Register { channel, reply }) => {
+                        let registered = self.register(channel);
+                        let _ = reply.send(registered);
                     }
-                    Some(Command::Unsubscribe { channel }) => self.unsubscribe(channel).await,
+                    Some(Command::Unregister { channel }) => self.unregister(channel),
                     None => return,
                 },
                 message = next_message(&mut self.conn) => match message {
                     Some(message) => {
-                        if let Some((notify, _)) = self.channels.get(message.get_channel_name()) {
-                            notify.notify_one();
+                        if let Some(channel) = self.channels.get(message.get_channel_name()) {
+                            channel.notify.notify_one();
                         }
                     }
-                    None => self.connection_lost("subscriber connection closed"),
+                    None => self.connection_lost("the subscriber connection closed".to_owned()),
                 },
-                _ = sleep_until(reconnect_at) => {
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.finish(done);
+                }
+                _ = health.tick() => self.ping(),
+                () = sleep_until(reconnect_at) => {
                     self.reconnect_at = None;
                     // Nobody waits: connect again only when someone does.
                     if !self.channels.is_empty() {
-                        self.reconnect().await;
+                        self.connect();
                     }
                 }
             }
         }
     }
 
-    async fn subscribe(&mut self, channel: String) -> Arc<Notify> {
-        let (notify, count) = self
+    fn register(&mut self, name: String) -> Registered {
+        // Down only while a reconnect waits for its backoff: nothing will come sooner.
+        let backing_off = self.conn.is_none() && !self.connecting && self.reconnect_at.is_some();
+        let channel = self
             .channels
-            .entry(channel.clone())
-            .or_insert_with(|| (Arc::new(Notify::new()), 0));
-        *count += 1;
-        let notify = Arc::clone(notify);
-        if *count > 1 {
-            return notify; // already subscribed (or queued for the reconnect)
-        }
-        if self.conn.is_none() {
-            if self.reconnect_at.is_none() {
-                self.reconnect().await; // the first waiter, or the outage is over
+            .entry(name.clone())
+            .or_insert_with(|| Channel {
+                notify: Arc::new(Notify::new()),
+                link: watch::Sender::new(if backing_off {
+                    Link::Down
+                } else {
+                    Link::Pending
+                }),
+                waiters: 0,
+            });
+        channel.waiters += 1;
+        let registered = Registered {
+            notify: Arc::clone(&channel.notify),
+            link: channel.link.subscribe(),
+        };
+        if channel.waiters == 1 {
+            if self.conn.is_some() {
+                self.send_subscribe(vec![name]);
+            } else if backing_off {
+                self.report_outage("the subscriber connection is down");
+            } else if !self.connecting {
+                self.connect(); // the first waiter, or the first since the outage ended
             }
-            return notify;
         }
-        self.send_subscribe(vec![channel]).await;
-        notify
+        registered
     }
 
-    async fn unsubscribe(&mut self, channel: String) {
-        let Some((_, count)) = self.channels.get_mut(&channel) else {
+    fn unregister(&mut self, name: String) {
+        let Some(channel) = self.channels.get_mut(&name) else {
             return;
         };
-        *count -= 1;
-        if *count > 0 {
+        channel.waiters -= 1;
+        if channel.waiters > 0 {
             return;
         }
-        self.channels.remove(&channel);
-        if let Some((sink, _)) = &mut self.conn {
-            match tokio::time::timeout(self.response_timeout, sink.unsubscribe(&channel)).await {
-                Ok(Ok(())) => {}
-                _ => self.connection_lost("UNSUBSCRIBE failed"),
-            }
-        }
-    }
-
-    async fn send_subscribe(&mut self, channels: Vec<String>) {
-        let Some((sink, _)) = &mut self.conn else {
+        self.channels.remove(&name);
+        let Some(conn) = &self.conn else {
             return;
         };
-        match tokio::time::timeout(self.response_timeout, sink.subscribe(&channels)).await {
-            Ok(Ok(())) => {}
-            _ => self.connection_lost("SUBSCRIBE failed"),
+        let mut sink = conn.sink.clone();
+        let (generation, timeout) = (self.generation, self.settings.response_timeout);
+        self.start(async move {
+            let result = bounded(timeout, sink.unsubscribe(&name)).await;
+            Done::Unsubscribed { generation, result }
+        });
+    }
+
+    fn send_subscribe(&mut self, names: Vec<String>) {
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        let mut sink = conn.sink.clone();
+        let channels: Vec<(String, Arc<Notify>)> = names
+            .iter()
+            .filter_map(|n| {
+                self.channels
+                    .get(n)
+                    .map(|c| (n.clone(), Arc::clone(&c.notify)))
+            })
+            .collect();
+        let (generation, timeout) = (self.generation, self.settings.response_timeout);
+        self.start(async move {
+            let result = bounded(timeout, sink.subscribe(&names)).await;
+            Done::Subscribed {
+                generation,
+                channels,
+                result,
+            }
+        });
+    }
+
+    fn ping(&mut self) {
+        // One still out is answered late already: its own timeout reports it.
+        if self.ping_in_flight {
+            return;
+        }
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        let mut sink = conn.sink.clone();
+        let (generation, every) = (self.generation, self.settings.health_check);
+        self.ping_in_flight = true;
+        self.start(async move {
+            let result = bounded(every, sink.ping::<redis::Value>()).await.map(drop);
+            Done::Pinged { generation, result }
+        });
+    }
+
+    fn connect(&mut self) {
+        self.connecting = true;
+        let settings = Arc::clone(&self.settings);
+        self.start(async move {
+            let connect = settings.client.get_async_pubsub();
+            let result = match tokio::time::timeout(settings.connect_timeout, connect).await {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(error)) => Err(checks::connect_error(&settings.client, error).await),
+                Err(_) => Err(format!(
+                    "connecting took longer than {:?}",
+                    settings.connect_timeout
+                )),
+            };
+            Done::Connected(result)
+        });
+    }
+
+    /// Runs `request` beside the actor. It is polled once right here: a request is queued on the
+    /// connection at its first poll, and this keeps them in the order they were made (an
+    /// UNSUBSCRIBE and a later SUBSCRIBE of one channel must not swap).
+    fn start(&mut self, request: impl Future<Output = Done> + Send + 'static) {
+        let mut request: BoxFuture<'static, Done> = Box::pin(request);
+        match request
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(done) => self.finish(done),
+            // `FuturesUnordered` polls it again with the actor's own waker.
+            Poll::Pending => self.in_flight.push(request),
         }
     }
 
-    async fn reconnect(&mut self) {
-        let connect = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub());
-        match connect.await {
-            Ok(Ok(pubsub)) => {
-                self.conn = Some(pubsub.split());
-                self.backoff = RECONNECT_MIN_DELAY;
-                let channels: Vec<String> = self.channels.keys().cloned().collect();
-                if !channels.is_empty() {
-                    self.send_subscribe(channels).await;
-                }
-                if self.conn.is_some() {
-                    tracing::debug!("lock wake-up subscriber connected");
-                    // Releases published while we were away were missed: let everyone retry.
-                    self.wake_all();
+    fn finish(&mut self, done: Done) {
+        match done {
+            Done::Connected(Ok(conn)) => self.connected(conn),
+            Done::Connected(Err(why)) => {
+                self.connecting = false;
+                self.connect_failed(&why);
+            }
+            Done::Subscribed {
+                generation,
+                channels,
+                result,
+            } if generation == self.generation => match result {
+                Ok(()) => self.subscribed(channels),
+                Err(why) => self.connection_lost(format!("SUBSCRIBE failed: {why}")),
+            },
+            Done::Unsubscribed {
+                generation,
+                result: Err(why),
+            } if generation == self.generation => {
+                self.connection_lost(format!("UNSUBSCRIBE failed: {why}"));
+            }
+            Done::Pinged { generation, result } if generation == self.generation => {
+                self.ping_in_flight = false;
+                if let Err(why) = result {
+                    self.connection_lost(format!("health-check PING failed: {why}"));
                 }
             }
-            Ok(Err(error)) => self.schedule_reconnect(&error.to_string()),
-            Err(_) => self.schedule_reconnect("connect timed out"),
+            // An answer on a connection already given up, or an UNSUBSCRIBE done.
+            _ => {}
         }
     }
 
-    fn connection_lost(&mut self, why: &str) {
+    fn connected(&mut self, conn: PubSub) {
+        let (sink, stream) = conn.split();
+        self.conn = Some(Connection { sink, stream });
+        self.generation += 1;
+        self.connecting = false;
+        self.ping_in_flight = false;
+        self.backoff = RECONNECT_MIN_DELAY;
+        tracing::debug!("lock wake-up subscriber connected");
+        let names: Vec<String> = self.channels.keys().cloned().collect();
+        if names.is_empty() {
+            self.report_recovery();
+        } else {
+            self.send_subscribe(names);
+        }
+    }
+
+    fn subscribed(&mut self, channels: Vec<(String, Arc<Notify>)>) {
+        for (name, notify) in channels {
+            // A channel left and registered again since has its own SUBSCRIBE under way.
+            if let Some(channel) = self.channels.get(&name)
+                && Arc::ptr_eq(&channel.notify, &notify)
+            {
+                channel.link.send_replace(Link::Live);
+                // A waiter that retried before the subscription took effect saw the lock busy
+                // and may have missed its release: all retry once more.
+                channel.notify.notify_waiters();
+            }
+        }
+        if self
+            .channels
+            .values()
+            .all(|c| *c.link.borrow() == Link::Live)
+        {
+            self.report_recovery();
+        }
+    }
+
+    fn connection_lost(&mut self, why: String) {
         self.conn = None;
-        self.wake_all();
-        self.schedule_reconnect(why);
+        self.generation += 1;
+        self.ping_in_flight = false;
+        // Releases published from now on are missed: everyone retries, and keeps retrying at a
+        // steady pace until the channel is subscribed again.
+        for channel in self.channels.values() {
+            channel.link.send_replace(Link::Down);
+            channel.notify.notify_waiters();
+        }
+        self.connect_failed(&why);
     }
 
-    fn schedule_reconnect(&mut self, why: &str) {
-        tracing::debug!(
-            reason = why,
-            retry_in = ?self.backoff,
-            "lock wake-up subscriber disconnected; waiters fall back to lease expiry until it is back"
-        );
+    fn connect_failed(&mut self, why: &str) {
+        for channel in self.channels.values() {
+            channel.link.send_replace(Link::Down);
+        }
+        self.report_outage(why);
+        tracing::debug!(reason = why, retry_in = ?self.backoff, "lock wake-up subscriber reconnecting");
         self.reconnect_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(RECONNECT_MAX_DELAY);
     }
 
-    fn wake_all(&self) {
-        for (notify, _) in self.channels.values() {
-            notify.notify_waiters();
+    fn report_outage(&mut self, why: &str) {
+        if self.channels.is_empty() || self.outage_reported {
+            return;
+        }
+        self.outage_reported = true;
+        tracing::warn!(
+            reason = why,
+            "lock wake-up subscriber unavailable: waiting tasks retry every \
+             {FALLBACK_RETRY_INTERVAL:?} until it is back"
+        );
+    }
+
+    fn report_recovery(&mut self) {
+        if std::mem::take(&mut self.outage_reported) {
+            tracing::info!(
+                "lock wake-up subscriber back: waiting tasks are woken by releases again"
+            );
         }
     }
 }
 
-async fn next_message(conn: &mut Option<(PubSubSink, PubSubStream)>) -> Option<redis::Msg> {
+/// `request` under `timeout`, its error as text.
+async fn bounded<T>(
+    timeout: Duration,
+    request: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, request).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+async fn next_message(conn: &mut Option<Connection>) -> Option<redis::Msg> {
     match conn {
-        Some((_, stream)) => stream.next().await,
+        Some(conn) => conn.stream.next().await,
         None => std::future::pending().await,
     }
 }
