@@ -200,6 +200,154 @@ async fn skip_runs_the_body_once_among_concurrent_callers() {
     assert_eq!(svc.runs.load(Ordering::SeqCst), 1);
 }
 
+/// Scheduled jobs in skip mode that return a `Result`, as jobs written with `anyhow` do.
+struct Jobs {
+    locks: Locker,
+    runs: AtomicUsize,
+}
+
+impl Jobs {
+    fn new(locks: Locker) -> Arc<Self> {
+        Arc::new(Jobs {
+            locks,
+            runs: AtomicUsize::new(0),
+        })
+    }
+
+    #[distributed_lock(key = "report", wait = "0s", on_busy = "skip", locker = self.locks)]
+    async fn report(&self) -> anyhow::Result<()> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    #[distributed_lock(key = "report", wait = "0s", on_busy = "skip", locker = self.locks)]
+    async fn report_rows(&self) -> Result<Option<usize>, AppError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(3))
+    }
+
+    /// `()` has no error to return: a failure is logged and the run skipped.
+    #[distributed_lock(key = "report", wait = "0s", on_busy = "skip", locker = self.locks)]
+    async fn report_quietly(&self) {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[distributed_lock(key = "report", wait = "0s", locker = self.locks)]
+    async fn export(&self) -> std::io::Result<()> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    #[distributed_lock(key = "short", lease = "100ms", on_busy = "skip", locker = self.locks)]
+    async fn outlives_its_lease(&self) -> anyhow::Result<()> {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A locker on a server that is gone: every command fails fast (refused connection, or no
+/// answer within the short timeouts).
+async fn locker_of_a_stopped_server() -> Locker {
+    let mut server = support::redis_server::RedisServer::start();
+    let locks = Locker::builder(server.url())
+        .response_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    server.kill();
+    locks
+}
+
+/// The lock error an `io::Error` carries (its `source()` is the `LockError`'s source, not it).
+fn lock_error_in_io(error: &std::io::Error) -> Option<&LockError> {
+    error.get_ref()?.downcast_ref::<LockError>()
+}
+
+/// Runs `call`, failing the test if it hangs: the locker gives up within its 200 ms timeouts,
+/// so 10 s leaves a loaded 2-core machine plenty of room.
+async fn within<F: std::future::Future>(call: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(10), call).await
+}
+
+/// The lock error inside whatever error type a job returned.
+fn lock_error_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a LockError> {
+    std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref::<LockError>())
+}
+
+#[tokio::test]
+async fn skip_mode_in_a_result_fn_returns_ok_without_running_the_body_when_busy() {
+    let locks = Locker::in_memory();
+    let jobs = Jobs::new(locks.clone());
+    let held = locks.acquire("report", LockOptions::new()).await.unwrap();
+    // Another task, as another replica's run would be (this task would re-enter its own lock).
+    let (report, rows, export) = tokio::spawn({
+        let jobs = jobs.clone();
+        async move {
+            (
+                jobs.report().await,
+                jobs.report_rows().await,
+                jobs.export().await,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(matches!(rows, Ok(None)), "{rows:?}");
+    assert_eq!(jobs.runs.load(Ordering::SeqCst), 0, "a body ran while busy");
+    // Error mode in an `io::Result` fn: busy is `ResourceBusy`, the `LockError` inside.
+    let export = export.unwrap_err();
+    assert_eq!(export.kind(), std::io::ErrorKind::ResourceBusy);
+    assert!(lock_error_in_io(&export).is_some_and(LockError::is_not_acquired));
+    held.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_mode_in_a_result_fn_returns_a_backend_failure_as_an_error() {
+    let jobs = Jobs::new(locker_of_a_stopped_server().await);
+    let report = within(jobs.report()).await.expect("hung").unwrap_err();
+    assert!(
+        matches!(
+            lock_error_in(report.as_ref()),
+            Some(LockError::Backend { .. })
+        ),
+        "{report:?}"
+    );
+    let rows = within(jobs.report_rows()).await.expect("hung");
+    assert!(
+        matches!(rows, Err(AppError::Lock(LockError::Backend { .. }))),
+        "{rows:?}"
+    );
+    let export = within(jobs.export()).await.expect("hung").unwrap_err();
+    assert_eq!(export.kind(), std::io::ErrorKind::Other);
+    assert!(matches!(
+        lock_error_in_io(&export),
+        Some(LockError::Backend { .. })
+    ));
+    // `()` cannot carry the error: the run is skipped (and the failure logged at ERROR).
+    within(jobs.report_quietly()).await.expect("hung");
+    assert_eq!(jobs.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_mode_in_a_result_fn_reports_a_lost_lease_as_an_error() {
+    let fx = Fixture::redis().await;
+    let jobs = Jobs::new(fx.locker.clone());
+    let result = jobs.outlives_its_lease().await;
+    assert_eq!(
+        jobs.runs.load(Ordering::SeqCst),
+        1,
+        "the body did not finish"
+    );
+    let error = result.unwrap_err();
+    assert!(
+        lock_error_in(error.as_ref()).is_some_and(LockError::is_lease_lost),
+        "{error:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn different_key_arguments_do_not_block_each_other() {
     let fx = Fixture::redis().await;

@@ -193,8 +193,10 @@ impl Args {
         }
     }
 
-    /// Checks that need several arguments but not the fn: `key` present, `lease` not zero,
-    /// `hold_at_least <= lease` when both are literals (expressions are the runtime's to check).
+    /// Checks that need several arguments but not the fn: `key` present, literal durations
+    /// within what the runtime accepts (a `lease` it would refuse on every call is a compile
+    /// error instead), `hold_at_least <= lease` when both are literals (expressions are the
+    /// runtime's to check).
     fn check_alone(&self) -> syn::Result<()> {
         if self.key.is_none() {
             return Err(syn::Error::new(
@@ -203,12 +205,48 @@ impl Args {
                  `#[distributed_lock(key = \"book:{isbn}\")]`",
             ));
         }
+        for (name, value) in [
+            ("wait", &self.wait),
+            ("lease", &self.lease),
+            ("hold_at_least", &self.hold_at_least),
+        ] {
+            if let Some(DurationArg::Literal { millis, lit }) = value
+                && *millis > duration::MAX_MILLIS
+            {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    format!(
+                        "`{name} = \"{}\"` is longer than a year, the longest {name} a lock \
+                         accepts (`distlock::MAX_DURATION`), so every call would fail; check the \
+                         unit{}",
+                        lit.value(),
+                        if name == "lease" {
+                            ", or omit `lease` to let the watchdog renew the lock for as long \
+                             as the body runs"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+        }
         if let Some(DurationArg::Literal { millis: 0, lit }) = &self.lease {
             return Err(syn::Error::new(
                 lit.span(),
                 "`lease` cannot be zero: the lock would expire as soon as it is taken; give a \
                  lease longer than the body takes, e.g. `lease = \"30s\"`, or omit `lease` to \
                  let the watchdog renew it while the body runs",
+            ));
+        }
+        if let Some(DurationArg::Literal { millis: 0, lit }) = &self.hold_at_least {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!(
+                    "`hold_at_least = \"{}\"` keeps the lock for no time at all, and every call \
+                     would fail with it; omit `hold_at_least` to release the lock as soon as the \
+                     body ends, or give the minimum time, e.g. `hold_at_least = \"30s\"`",
+                    lit.value()
+                ),
             ));
         }
         if let (
@@ -450,6 +488,13 @@ mod tests {
             (r#"key = "a", wait = 10"#, "has no unit"),
             (r#"key = "a", wait = "10""#, "invalid `wait`"),
             (r#"key = "a", lease = "0s""#, "`lease` cannot be zero"),
+            (r#"key = "a", hold_at_least = "0ms""#, "for no time at all"),
+            (r#"key = "a", lease = "366d""#, "longer than a year"),
+            (r#"key = "a", wait = "8761h""#, "the longest wait"),
+            (
+                r#"key = "a", hold_at_least = "366d""#,
+                "the longest hold_at_least",
+            ),
             (
                 r#"key = "a", lease = "5s", hold_at_least = "10s""#,
                 "longer than `lease",
@@ -472,5 +517,6 @@ mod tests {
         assert!(parse(r#"key = "a", lease = "5s", hold_at_least = "5s""#).is_ok());
         assert!(parse(r#"key = "a", lease = LEASE, hold_at_least = "1h""#).is_ok());
         assert!(parse(r#"key = "a", wait = "0s""#).is_ok());
+        assert!(parse(r#"key = "a", lease = "365d", wait = "8760h""#).is_ok());
     }
 }

@@ -7,6 +7,10 @@
 /// The units a duration may use, as written in every message that lists them.
 pub(crate) const UNITS: &str = "ms, s, m, h, d";
 
+/// The longest duration a lock accepts, in milliseconds: `distlock_runtime::MAX_DURATION` (a
+/// year), mirrored here because the macro cannot depend on the runtime; a test compares them.
+pub(crate) const MAX_MILLIS: u64 = 365 * 86_400_000;
+
 /// Milliseconds per unit, largest first: the order units must appear in (`"1h30m"`, not `"30m1h"`),
 /// which rules out ambiguous spellings such as `"1s1s"`.
 const UNIT_MILLIS: [(&str, u64); 5] = [
@@ -133,7 +137,15 @@ fn unknown_unit_message(unit: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_millis;
+    use super::{MAX_MILLIS, parse_millis};
+
+    #[test]
+    fn the_longest_duration_is_the_runtimes() {
+        assert_eq!(
+            u128::from(MAX_MILLIS),
+            distlock_runtime::MAX_DURATION.as_millis()
+        );
+    }
 
     #[test]
     fn single_units_scale_to_milliseconds() {

@@ -1,39 +1,45 @@
 //! Code generation: checks the fn against the arguments, then rewrites its body.
 //!
 //! The signature, attributes, docs and visibility are re-emitted token for token; only the body
-//! changes, becoming an `async move` block awaited in place between acquire and release. Keeping
-//! the body an async block inside the same fn is what keeps `return`, `?`, `self`, generics and
-//! lifetimes meaning what the user wrote (the approach of tracing-attributes).
+//! changes, becoming an `async move` block that `__private::run` awaits between acquire and
+//! release. Keeping the body an async block inside the same fn is what keeps `return`, `?`,
+//! `self`, generics and lifetimes meaning what the user wrote (the approach of
+//! tracing-attributes). A fn already rewritten by `#[async_trait]` (not `async`, its body
+//! `Box::pin(async move { .. })`) gets the same treatment inside its async block, as
+//! tracing-attributes does it.
+//!
+//! Which return types fit a mode is left to the type system: the generated code converts the
+//! outcome with `__private::ErrorReturn` or `__private::SkipReturn`, whose
+//! `#[diagnostic::on_unimplemented]` messages explain a misfit, so an alias of `Result` works like
+//! `Result` itself.
 //!
 //! Generated locals use `Span::mixed_site()` *and* a `__distributed_lock_` prefix, so they can
 //! neither capture nor shadow the user's names. Everything the generated code calls lives in
 //! `<crate>::__private` (see the macro contract), so user code never names the inner crates.
 
-use proc_macro2::{Literal, Span, TokenStream};
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{AttrStyle, FnArg, Ident, ItemFn, Lifetime, Pat, ReturnType, Signature, Type};
+use syn::{AttrStyle, Expr, FnArg, Ident, ItemFn, Pat, ReturnType, Signature, Stmt, Type};
 
 use crate::args::{Args, DurationArg, OnBusy, OnLost};
 use crate::key::Params;
-
-/// What a skip-mode fn returns when the body does not run.
-#[derive(Clone, Copy)]
-enum SkipValue {
-    /// `()`: no return type, or `-> ()`.
-    Unit,
-    /// `None`: `-> Option<T>`.
-    None,
-}
 
 /// Checks the fn against the arguments and returns the rewritten fn, or every problem found.
 pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
     let params = params_of(&item.sig);
     let mut errors = Vec::new();
-    if item.sig.asyncness.is_none() {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = item;
+    let shape = Shape::of(&sig, *block);
+    if shape.is_none() {
         errors.push(syn::Error::new(
-            item.sig.fn_token.span,
+            sig.fn_token.span,
             "`#[distributed_lock]` needs an `async fn`: the lock is held while the body awaits \
              and released when it completes; write `async fn`",
         ));
@@ -43,39 +49,161 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
     {
         errors.push(syn::Error::new(lit.span(), message));
     }
-    let on_busy = args.on_busy.map_or(OnBusy::Error, |(mode, _)| mode);
-    let skip_value = match on_busy {
-        OnBusy::Error => check_result_return(&item.sig, args.on_busy.is_some()).map(|()| None),
-        OnBusy::Skip => check_skip_return(&item.sig).map(Some),
-    };
-    let skip_value = skip_value.unwrap_or_else(|error| {
-        errors.push(error);
-        None
-    });
-    if let Some(combined) = errors.into_iter().reduce(|mut all, next| {
-        all.combine(next);
-        all
-    }) {
-        return Err(combined);
+    match (
+        shape,
+        errors.into_iter().reduce(|mut all, next| {
+            all.combine(next);
+            all
+        }),
+    ) {
+        (Some(shape), None) => Ok(generate(&args, attrs, vis, sig, shape, &params)),
+        (_, Some(errors)) => Err(errors),
+        // `shape` is `None` only with an error pushed above.
+        (None, None) => Err(syn::Error::new(sig.fn_token.span, "expected an `async fn`")),
     }
-    Ok(generate(&args, item, &params, skip_value))
 }
 
-/// Every name the fn's parameters bind (through destructuring patterns too) and whether it has
-/// a receiver: what a key placeholder may name.
+/// Where the body to lock is, and the type it produces.
+enum Shape {
+    /// An `async fn`: its statements produce the declared return type.
+    AsyncFn(Vec<Stmt>),
+    /// A fn whose value is `Box::pin(async move { .. })` (what `#[async_trait]` makes of an
+    /// `async fn`) or a bare `async move { .. }`: the async block's statements are the body.
+    Deferred(Box<Deferred>),
+}
+
+/// The parts of a fn that returns an async block.
+struct Deferred {
+    /// The fn's statements before the one holding the async block.
+    before: Vec<Stmt>,
+    /// `Box::pin(..)` around the async block, when there is one.
+    pin: Option<PinCall>,
+    /// The async block.
+    block: syn::ExprAsync,
+    /// The fn's statements after it (items).
+    after: Vec<Stmt>,
+    /// The future's `Output` type, when the return type says it (`Pin<Box<dyn
+    /// Future<Output = T> + Send>>`, `impl Future<Output = T>`).
+    output: Option<Type>,
+}
+
+/// `Box::pin( .. )` around an async block, kept as written.
+struct PinCall {
+    attrs: Vec<syn::Attribute>,
+    func: Expr,
+    paren: syn::token::Paren,
+}
+
+impl Shape {
+    /// The shape of a fn with this signature and block, or `None` when it is neither an
+    /// `async fn` nor returns an async block.
+    fn of(sig: &Signature, block: syn::Block) -> Option<Self> {
+        let mut stmts = block.stmts;
+        if sig.asyncness.is_some() {
+            return Some(Shape::AsyncFn(stmts));
+        }
+        // As tracing-attributes does: the last expression statement decides the fn's value.
+        let index = stmts
+            .iter()
+            .rposition(|stmt| matches!(stmt, Stmt::Expr(_, None)))?;
+        let after = stmts.split_off(index + 1);
+        let Some(Stmt::Expr(expr, None)) = stmts.pop() else {
+            return None;
+        };
+        let (pin, block) = match expr {
+            Expr::Async(block) => (None, block),
+            Expr::Call(call) if is_box_pin(&call.func) && call.args.len() == 1 => {
+                let syn::ExprCall {
+                    attrs,
+                    func,
+                    paren_token,
+                    args,
+                } = call;
+                let Some(Expr::Async(block)) = args.into_iter().next() else {
+                    return None;
+                };
+                let pin = PinCall {
+                    attrs,
+                    func: *func,
+                    paren: paren_token,
+                };
+                (Some(pin), block)
+            }
+            _ => return None,
+        };
+        let output = match &sig.output {
+            ReturnType::Type(_, ty) => future_output(ty).cloned(),
+            ReturnType::Default => None,
+        };
+        Some(Shape::Deferred(Box::new(Deferred {
+            before: stmts,
+            pin,
+            block,
+            after,
+            output,
+        })))
+    }
+}
+
+/// `Box::pin`, `::std::boxed::Box::pin`, ...
+fn is_box_pin(func: &Expr) -> bool {
+    let Expr::Path(path) = func else {
+        return false;
+    };
+    let mut segments = path.path.segments.iter().rev();
+    matches!(
+        (segments.next(), segments.next()),
+        (Some(pin), Some(boxed)) if pin.ident == "pin" && boxed.ident == "Box"
+    )
+}
+
+/// The `T` of the first `Future<Output = T>` bound in `ty`, looking through `Pin<Box<..>>`.
+fn future_output(ty: &Type) -> Option<&Type> {
+    let bounds = match strip_parens(ty) {
+        Type::Path(path) => {
+            let segment = path.path.segments.last()?;
+            let syn::PathArguments::AngleBracketed(generics) = &segment.arguments else {
+                return None;
+            };
+            return generics.args.iter().find_map(|arg| match arg {
+                syn::GenericArgument::Type(inner) => future_output(inner),
+                _ => None,
+            });
+        }
+        Type::TraitObject(object) => &object.bounds,
+        Type::ImplTrait(impl_trait) => &impl_trait.bounds,
+        _ => return None,
+    };
+    bounds.iter().find_map(|bound| {
+        let syn::TypeParamBound::Trait(bound) = bound else {
+            return None;
+        };
+        let segment = bound.path.segments.last()?;
+        let syn::PathArguments::AngleBracketed(generics) = &segment.arguments else {
+            return None;
+        };
+        if segment.ident != "Future" {
+            return None;
+        }
+        generics.args.iter().find_map(|arg| match arg {
+            syn::GenericArgument::AssocType(assoc) if assoc.ident == "Output" => Some(&assoc.ty),
+            _ => None,
+        })
+    })
+}
+
+/// Every name the fn's parameters bind (through destructuring patterns too) and its receiver:
+/// what a key placeholder may name.
 fn params_of(sig: &Signature) -> Params {
     let mut names = Vec::new();
-    let mut has_receiver = false;
+    let mut receiver = None;
     for input in &sig.inputs {
         match input {
-            FnArg::Receiver(_) => has_receiver = true,
+            FnArg::Receiver(own) => receiver = Some(own.self_token.span),
             FnArg::Typed(typed) => bound_names(&typed.pat, &mut names),
         }
     }
-    Params {
-        names,
-        has_receiver,
-    }
+    Params { names, receiver }
 }
 
 /// Collects the identifiers a parameter pattern binds, in order.
@@ -101,78 +229,6 @@ fn bound_names(pat: &Pat, out: &mut Vec<Ident>) {
     }
 }
 
-/// `on_busy = "error"` reports a busy lock as `Err(..)`, so the fn must return a `Result`.
-/// Checked by the last path segment, so aliases such as `anyhow::Result<T>` and
-/// `io::Result<T>` pass; whether the error type has `From<LockError>` is left to the compiler,
-/// which reports it at the return type.
-fn check_result_return(sig: &Signature, explicit: bool) -> syn::Result<()> {
-    let mode = if explicit {
-        "`on_busy = \"error\"`"
-    } else {
-        "`on_busy = \"error\"` (the default)"
-    };
-    let advice = |returned: &str| {
-        format!(
-            "{mode} reports a busy lock as `Err(LockError::NotAcquired)`, so the fn must return \
-             `Result<T, E>` with `E: From<LockError>`, but it returns {returned}; return a \
-             `Result`, or add `on_busy = \"skip\"` to skip the body when busy (for a fn \
-             returning `()` or `Option<T>`)"
-        )
-    };
-    match &sig.output {
-        ReturnType::Default => Err(syn::Error::new(sig.ident.span(), advice("`()`"))),
-        ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => Ok(()),
-        ReturnType::Type(_, ty) => Err(syn::Error::new(
-            ty.span(),
-            advice(&format!("`{}`", pretty(ty))),
-        )),
-    }
-}
-
-/// `on_busy = "skip"` returns without running the body, so the fn must return `()` or `Option<T>`.
-fn check_skip_return(sig: &Signature) -> syn::Result<SkipValue> {
-    let ty = match &sig.output {
-        ReturnType::Default => return Ok(SkipValue::Unit),
-        ReturnType::Type(_, ty) => ty,
-    };
-    match strip_parens(ty) {
-        Type::Tuple(tuple) if tuple.elems.is_empty() => return Ok(SkipValue::Unit),
-        _ if last_segment_is(ty, "Option") => return Ok(SkipValue::None),
-        _ => {}
-    }
-    let hint = if last_segment_is(ty, "Result") {
-        "drop `on_busy = \"skip\"` to get `Err(LockError::NotAcquired)` from this `Result` fn \
-         instead"
-            .to_string()
-    } else {
-        format!(
-            "return `Option<{}>` (`None` when skipped), or use `on_busy = \"error\"` with a \
-             `Result`",
-            pretty(ty)
-        )
-    };
-    Err(syn::Error::new(
-        ty.span(),
-        format!(
-            "`on_busy = \"skip\"` returns without running the body when the lock is busy, so \
-             the fn must return `()` or `Option<T>`, but it returns `{}`; {hint}",
-            pretty(ty)
-        ),
-    ))
-}
-
-/// Whether `ty` is a path type whose last segment is `name` (`Result`, `io::Result<T>`, ...).
-fn last_segment_is(ty: &Type, name: &str) -> bool {
-    match strip_parens(ty) {
-        Type::Path(path) => path
-            .path
-            .segments
-            .last()
-            .is_some_and(|segment| segment.ident == name),
-        _ => false,
-    }
-}
-
 /// Looks through `(T)` and invisible groups (types passed in from `macro_rules!`).
 fn strip_parens(ty: &Type) -> &Type {
     match ty {
@@ -182,51 +238,125 @@ fn strip_parens(ty: &Type) -> &Type {
     }
 }
 
-/// A type as a user would write it, for messages (`Result<u32, E>`, not `Result < u32 , E >`).
-fn pretty(ty: &Type) -> String {
-    ty.to_token_stream()
-        .to_string()
-        .replace(" :: ", "::")
-        .replace(":: ", "::")
-        .replace(" < ", "<")
-        .replace("< ", "<")
-        .replace(" >", ">")
-        .replace(" ,", ",")
-        .replace("& ", "&")
-        .replace("( ", "(")
-        .replace(" )", ")")
-}
-
-/// The rewritten fn. `skip_value` is `Some` exactly in skip mode.
+/// The rewritten fn.
 fn generate(
     args: &Args,
-    item: ItemFn,
+    attrs: Vec<syn::Attribute>,
+    vis: syn::Visibility,
+    sig: Signature,
+    shape: Shape,
     params: &Params,
-    skip_value: Option<SkipValue>,
 ) -> TokenStream {
-    let ItemFn {
-        attrs,
-        vis,
-        sig,
-        block,
-    } = item;
     let (inner_attrs, outer_attrs): (Vec<_>, Vec<_>) = attrs
         .into_iter()
         .partition(|attr| matches!(attr.style, AttrStyle::Inner(_)));
 
-    let private = match &args.krate {
-        Some(path) => quote!(#path::__private),
-        None => {
-            let facade = crate::facade::path();
-            quote!(#facade::__private)
+    let fn_body = match shape {
+        Shape::AsyncFn(stmts) => {
+            let (output, output_span): (Type, Span) = match &sig.output {
+                ReturnType::Type(_, ty) => ((**ty).clone(), ty.span()),
+                ReturnType::Default => (
+                    syn::parse_quote_spanned!(sig.ident.span()=> ()),
+                    sig.ident.span(),
+                ),
+            };
+            locked_tokens(args, params, Some(&output), output_span, &stmts, None)
+        }
+        Shape::Deferred(deferred) => {
+            let Deferred {
+                before,
+                pin,
+                block,
+                after,
+                output,
+            } = *deferred;
+            let output_span = match (&output, &sig.output) {
+                (Some(output), _) => output.span(),
+                (None, ReturnType::Type(_, ty)) => ty.span(),
+                (None, ReturnType::Default) => sig.ident.span(),
+            };
+            let syn::ExprAsync {
+                attrs: async_attrs,
+                capture,
+                block,
+                ..
+            } = block;
+            let stmts = allow_unused_rebindings(block.stmts, args);
+            let locked = locked_tokens(
+                args,
+                params,
+                output.as_ref(),
+                output_span,
+                &stmts,
+                Some(&capture),
+            );
+            let mut future = Group::new(proc_macro2::Delimiter::Brace, locked);
+            future.set_span(block.brace_token.span.join());
+            let future = quote!(#(#async_attrs)* async #capture #future);
+            let value = match pin {
+                Some(PinCall { attrs, func, paren }) => {
+                    let mut argument = Group::new(proc_macro2::Delimiter::Parenthesis, future);
+                    argument.set_span(paren.span.join());
+                    quote!(#(#attrs)* #func #argument)
+                }
+                None => future,
+            };
+            quote!(#(#before)* #value #(#after)*)
         }
     };
+
+    quote! {
+        #(#outer_attrs)*
+        #vis #sig {
+            #(#inner_attrs)*
+            #fn_body
+        }
+    }
+}
+
+/// `#[async_trait]` moves each parameter into its future with `let id = id;`. A parameter that
+/// only the key uses is used before that, outside the future, so rustc would report the
+/// rebinding as an unused variable at the user's parameter: allow it on exactly those `let`s.
+fn allow_unused_rebindings(mut stmts: Vec<Stmt>, args: &Args) -> Vec<Stmt> {
+    let Some((_, template)) = &args.key else {
+        return stmts;
+    };
+    let roots: Vec<&str> = template.roots().collect();
+    for stmt in &mut stmts {
+        let Stmt::Local(local) = stmt else { continue };
+        let (Pat::Ident(binding), Some(init)) = (&local.pat, &local.init) else {
+            continue;
+        };
+        let rebinds_itself = matches!(
+            &*init.expr,
+            Expr::Path(path) if path.qself.is_none() && path.path.is_ident(&binding.ident)
+        );
+        if rebinds_itself && roots.iter().any(|root| binding.ident == root) {
+            local
+                .attrs
+                .push(syn::parse_quote!(#[allow(unused_variables)]));
+        }
+    }
+    stmts
+}
+
+/// The statements that compute the key, acquire, run `body` (the user's statements), release,
+/// and produce the fn's value. `output` is the type the body produces, `output_span` where to
+/// report a return type that does not fit the mode.
+fn locked_tokens(
+    args: &Args,
+    params: &Params,
+    output: Option<&Type>,
+    output_span: Span,
+    body: &[Stmt],
+    capture: Option<&Option<syn::Token![move]>>,
+) -> TokenStream {
     let hygienic = |name: &str| Ident::new(name, Span::mixed_site());
     let key_var = hygienic("__distributed_lock_key");
-    let guard = hygienic("__distributed_lock_guard");
     let out = hygienic("__distributed_lock_out");
     let error = hygienic("__distributed_lock_error");
 
+    let private = private_path(args);
     let key = match &args.key {
         Some((lit, template)) => template.to_tokens(params, lit.span()),
         // Unreachable: `Args::parse` refuses a missing key. Kept total rather than panicking.
@@ -241,114 +371,142 @@ fn generate(
         None => quote!(::core::option::Option::None),
     };
     let (durations, options) = options_tokens(args, &private);
-    let body = body_tokens(&sig, &block);
-    let cancel = matches!(args.on_lost, Some((OnLost::Cancel, _)));
+    let on_lost = match args.on_lost {
+        Some((OnLost::Cancel, _)) => quote!(#private::OnLost::Cancel),
+        _ => quote!(#private::OnLost::Report),
+    };
+    let move_token = match capture {
+        Some(capture) => capture.to_token_stream(),
+        None => quote!(move),
+    };
+    let body = body_tokens(output, output_span, body, &move_token);
 
-    let acquire_and_run = match skip_value {
-        None => {
-            let scope = if cancel {
-                quote! {
-                    let #out = #private::scope_cancel_on_lost(&#guard, #body).await;
-                    match (#out, #private::finish(#guard).await) {
-                        (::core::result::Result::Ok(#out), ::core::result::Result::Ok(())) => {
-                            return #out;
-                        }
-                        (_, ::core::result::Result::Err(#error))
-                        | (::core::result::Result::Err(#error), _) => #error,
-                    }
+    // The conversions into the return type are where a return type that does not fit the mode
+    // is reported, so they are located at it (a missing `From<LockError>` at the `E` of
+    // `Result<T, E>`). Every token of them shares one span and hygiene context: rustc reports an
+    // obligation at the whole expression, and would move it to the attribute otherwise.
+    let mode = args.on_busy.map_or(OnBusy::Error, |(mode, _)| mode);
+    let at_return = Span::mixed_site().located_at(output_span);
+    let at_error =
+        Span::mixed_site().located_at(error_type_span(output, mode).unwrap_or(output_span));
+    let private_at_return = respan(private.clone(), at_return);
+    let private_at_error = respan(private.clone(), at_error);
+    let error_at = Ident::new("__distributed_lock_error", at_error);
+    let converted = Ident::new("__distributed_lock_converted", at_error);
+    // `useless_conversion`: when the target is `LockError` itself, `From::from` is the identity,
+    // and clippy would blame the user's return type for it.
+    let convert = quote_spanned! {at_error=>
+        #[allow(clippy::useless_conversion)]
+        let #converted = ::core::convert::From::from(#error_at);
+    };
+
+    let outcome = match mode {
+        OnBusy::Error => quote! {
+            match #private::run(#locker, #key_var, #options, #on_lost, #body).await {
+                ::core::result::Result::Ok(#out) => #out,
+                ::core::result::Result::Err(#error) => {
+                    #convert
+                    #private_at_error::ErrorReturn::from_error(#converted)
                 }
-            } else {
-                quote! {
-                    let #out = #private::scope(&#guard, #body).await;
-                    match #private::finish(#guard).await {
-                        ::core::result::Result::Ok(()) => return #out,
-                        ::core::result::Result::Err(#error) => #error,
-                    }
-                }
-            };
-            // One conversion point for both failures (busy, lease lost), located at the error
-            // type: a missing `From<LockError>` is reported there, once. Every token shares one
-            // hygiene context, or rustc would move the report to the attribute.
-            let at_error = Span::mixed_site().located_at(error_type_span(&sig));
-            let error_here = Ident::new("__distributed_lock_error", at_error);
-            let converted = Ident::new("__distributed_lock_converted", at_error);
-            // `useless_conversion`: when `E` is `LockError` itself, `From::from` is the identity,
-            // and clippy would blame the user's return type for it.
-            let convert = quote_spanned! {at_error=>
-                #[allow(clippy::useless_conversion)]
-                let #converted = ::core::convert::From::from(#error_here);
-                ::core::result::Result::Err(#converted)
-            };
-            let label = Lifetime::new("'__distributed_lock", Span::mixed_site());
-            quote! {
-                let #error: #private::LockError = #label: {
-                    let #guard = match #private::acquire(#locker, #key_var, #options).await {
-                        ::core::result::Result::Ok(#guard) => #guard,
-                        ::core::result::Result::Err(#error) => break #label #error,
-                    };
-                    #scope
-                };
-                #convert
             }
-        }
-        Some(skip_value) => {
-            let skipped = match skip_value {
-                SkipValue::Unit => quote!(()),
-                SkipValue::None => quote!(::core::option::Option::None),
-            };
-            let run = if cancel {
-                quote! {
-                    let #out = #private::scope_cancel_on_lost(&#guard, #body).await;
-                    #private::finish_skip(#guard).await;
-                    match #out {
-                        ::core::result::Result::Ok(#out) => #out,
-                        ::core::result::Result::Err(_) => #skipped,
-                    }
-                }
-            } else {
-                quote! {
-                    #[allow(clippy::let_unit_value)]
-                    let #out = #private::scope(&#guard, #body).await;
-                    #private::finish_skip(#guard).await;
-                    #out
-                }
+        },
+        OnBusy::Skip => {
+            let output_var = hygienic("__distributed_lock_output");
+            let failed_key = hygienic("__distributed_lock_failed_key");
+            let busy = quote_spanned!(at_return=> #private_at_return::SkipReturn::busy());
+            let output_at = Ident::new("__distributed_lock_output", at_error);
+            let failed_key_at = Ident::new("__distributed_lock_failed_key", at_error);
+            let failed = quote_spanned! {at_error=>
+                #private_at_error::SkipReturn::failed(#converted, #output_at, &#failed_key_at)
             };
             quote! {
-                let #guard = match #private::acquire_or_skip(#locker, #key_var, #options).await {
-                    ::core::option::Option::Some(#guard) => #guard,
-                    ::core::option::Option::None => return #skipped,
-                };
-                #run
+                match #private::run_or_skip(#locker, #key_var, #options, #on_lost, #body).await {
+                    #private::Skip::Ran(#out) => #out,
+                    #private::Skip::Busy => #busy,
+                    #private::Skip::Failed {
+                        error: #error,
+                        output: #output_var,
+                        key: #failed_key,
+                    } => {
+                        #convert
+                        #failed
+                    }
+                }
             }
         }
     };
 
     quote! {
-        #(#outer_attrs)*
-        #vis #sig {
-            #(#inner_attrs)*
-            let #key_var: ::std::string::String = #key;
-            #durations
-            #acquire_and_run
+        let #key_var: ::std::string::String = #key;
+        #durations
+        #outcome
+    }
+}
+
+/// `<crate>::__private`: the `crate = ".."` argument's path, or the facade's.
+fn private_path(args: &Args) -> TokenStream {
+    match &args.krate {
+        Some(path) => quote!(#path::__private),
+        None => {
+            let facade = crate::facade::path();
+            quote!(#facade::__private)
         }
     }
 }
 
-/// Where to report a missing `From<LockError>`: at `E` in `Result<T, E>`, else (an alias such
-/// as `io::Result<T>`) at the return type, else at the fn's name.
-fn error_type_span(sig: &Signature) -> Span {
-    let ReturnType::Type(_, ty) = &sig.output else {
-        return sig.ident.span();
+/// `tokens` with every token (in groups too) at `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|token| match token {
+            TokenTree::Group(group) => {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                TokenTree::Group(respanned)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
+}
+
+/// Where to report a missing `From<LockError>`: at `E` when the return type is written as
+/// `Result<T, E>` and fits the mode otherwise (for skip mode: `T` is `()` or `Option<..>`);
+/// `None` (the whole type) when it is an alias or does not fit, so that every complaint about it
+/// lands on one span and is reported once.
+fn error_type_span(output: Option<&Type>, mode: OnBusy) -> Option<Span> {
+    let Type::Path(path) = strip_parens(output?) else {
+        return None;
     };
-    if let Type::Path(path) = strip_parens(ty)
-        && let Some(segment) = path.path.segments.last()
-        && let syn::PathArguments::AngleBracketed(generics) = &segment.arguments
-        && let [_, syn::GenericArgument::Type(error)] =
-            generics.args.iter().collect::<Vec<_>>().as_slice()
-    {
-        return error.span();
+    let segment = path.path.segments.last()?;
+    let syn::PathArguments::AngleBracketed(generics) = &segment.arguments else {
+        return None;
+    };
+    let [
+        syn::GenericArgument::Type(ok),
+        syn::GenericArgument::Type(error),
+    ] = generics.args.iter().collect::<Vec<_>>().as_slice()
+    else {
+        return None;
+    };
+    if segment.ident != "Result" {
+        return None;
     }
-    ty.span()
+    let fits = match mode {
+        OnBusy::Error => true,
+        OnBusy::Skip => match strip_parens(ok) {
+            Type::Tuple(unit) => unit.elems.is_empty(),
+            Type::Path(ok) => ok
+                .path
+                .segments
+                .last()
+                .is_some_and(|segment| segment.ident == "Option"),
+            _ => false,
+        },
+    };
+    fits.then(|| error.span())
 }
 
 /// `LockOptions::new()` plus one builder call per duration given (defaults stay the runtime's),
@@ -366,7 +524,7 @@ fn options_tokens(args: &Args, private: &TokenStream) -> (TokenStream, TokenStre
         let setter = Ident::new(setter, Span::call_site());
         let duration = match value {
             DurationArg::Literal { millis, lit } => {
-                let millis = Literal::u64_suffixed(*millis);
+                let millis = proc_macro2::Literal::u64_suffixed(*millis);
                 quote_spanned!(lit.span()=> #private::Duration::from_millis(#millis))
             }
             // A typed binding rather than the bare argument, so a wrong type is reported as
@@ -384,25 +542,31 @@ fn options_tokens(args: &Args, private: &TokenStream) -> (TokenStream, TokenStre
     (bindings, options)
 }
 
-/// The user's body as an `async move` block, preceded by tracing-attributes' "fake return":
-/// an unreachable `return` of the declared type, spanned at that type, so the block's output
-/// type is known up front (`?` inside it converts into the right error) and a mismatch is
+/// The user's statements as an `async move` block, preceded by tracing-attributes' "fake
+/// return": an unreachable `return` of the declared type, spanned at that type, so the block's
+/// output type is known up front (`?` inside it converts into the right error) and a mismatch is
 /// reported against the user's signature rather than inside generated code.
-fn body_tokens(sig: &Signature, block: &syn::Block) -> TokenStream {
-    let (return_type, return_span) = match &sig.output {
-        ReturnType::Type(_, ty) => {
-            let mut ty = (**ty).clone();
-            EraseImplTrait.visit_type_mut(&mut ty);
-            (ty.to_token_stream(), ty.span())
-        }
-        ReturnType::Default => (quote!(()), sig.ident.span()),
+///
+/// The statements are spliced in, not the block with its braces: `async move { ..; { Ok(()) } }`
+/// would trip `unused_braces` at the user's braces, and `cargo fix` would then delete the fn's
+/// own braces.
+fn body_tokens(
+    output: Option<&Type>,
+    output_span: Span,
+    stmts: &[Stmt],
+    capture: &TokenStream,
+) -> TokenStream {
+    let Some(output) = output else {
+        return quote_spanned!(output_span=> async #capture { #(#stmts)* });
     };
+    let mut output = output.clone();
+    EraseImplTrait.visit_type_mut(&mut output);
     let fake_return = Ident::new(
         "__distributed_lock_fake_return",
-        Span::mixed_site().located_at(return_span),
+        Span::mixed_site().located_at(output_span),
     );
-    quote_spanned! {return_span=>
-        async move {
+    quote_spanned! {output_span=>
+        async #capture {
             #[allow(
                 unknown_lints,
                 unreachable_code,
@@ -414,10 +578,10 @@ fn body_tokens(sig: &Signature, block: &syn::Block) -> TokenStream {
                 clippy::unreachable
             )]
             if false {
-                let #fake_return: #return_type = loop {};
+                let #fake_return: #output = loop {};
                 return #fake_return;
             }
-            #block
+            #(#stmts)*
         }
     }
 }
@@ -453,6 +617,15 @@ mod tests {
         expand(args, item).map(|tokens| tokens.to_string())
     }
 
+    fn assert_contains(expanded: &str, expected: &[&str]) {
+        for expected in expected {
+            assert!(
+                expanded.contains(expected),
+                "{expected} missing in {expanded}"
+            );
+        }
+    }
+
     #[test]
     fn error_mode_keeps_the_signature_and_wraps_the_body() {
         let expanded = expand_str(
@@ -466,21 +639,19 @@ mod tests {
         let item: syn::ItemFn = syn::parse_str(&expanded).unwrap();
         assert_eq!(item.sig.ident, "register");
         assert_eq!(item.attrs.len(), 1);
-        for expected in [
-            ":: std :: format ! (\"book:{}\" , isbn)",
-            ":: distlock :: __private :: acquire (",
-            ". wait (:: distlock :: __private :: Duration :: from_millis (10000u64))",
-            ". lease (:: distlock :: __private :: Duration :: from_millis (5000u64))",
-            ":: distlock :: __private :: scope (",
-            "async move",
-            ":: distlock :: __private :: finish (",
-            ":: core :: convert :: From :: from",
-        ] {
-            assert!(
-                expanded.contains(expected),
-                "{expected} missing in {expanded}"
-            );
-        }
+        assert_contains(
+            &expanded,
+            &[
+                ":: std :: format ! (\"book:{}\" , isbn)",
+                ":: distlock :: __private :: run (",
+                ". wait (:: distlock :: __private :: Duration :: from_millis (10000u64))",
+                ". lease (:: distlock :: __private :: Duration :: from_millis (5000u64))",
+                ":: distlock :: __private :: OnLost :: Report",
+                "async move",
+                ":: core :: convert :: From :: from",
+                ":: distlock :: __private :: ErrorReturn :: from_error (",
+            ],
+        );
     }
 
     #[test]
@@ -500,10 +671,15 @@ mod tests {
         )
         .unwrap();
         syn::parse_str::<syn::ItemFn>(&expanded).unwrap();
-        assert!(expanded.contains("my :: lock :: __private :: acquire_or_skip ("));
-        assert!(expanded.contains("my :: lock :: __private :: scope_cancel_on_lost ("));
-        assert!(expanded.contains("my :: lock :: __private :: finish_skip ("));
-        assert!(expanded.contains(":: core :: option :: Option :: None"));
+        assert_contains(
+            &expanded,
+            &[
+                "my :: lock :: __private :: run_or_skip (",
+                "my :: lock :: __private :: OnLost :: Cancel",
+                "my :: lock :: __private :: SkipReturn :: busy ()",
+                "my :: lock :: __private :: SkipReturn :: failed (",
+            ],
+        );
     }
 
     #[test]
@@ -518,62 +694,128 @@ mod tests {
         )
         .unwrap_err();
         let messages: Vec<String> = error.into_iter().map(|e| e.to_string()).collect();
-        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages[0].contains("needs an `async fn`"));
         assert!(messages[1].contains("`{missing}` in `key` names no parameter"));
-        assert!(messages[2].contains("must return `Result<T, E>`"));
     }
 
     #[test]
-    fn result_aliases_pass_and_other_types_do_not() {
+    fn return_types_are_left_to_the_type_system() {
+        // Aliases, and types that do not fit: the compiler decides through the `__private`
+        // traits, so the macro accepts every spelling.
         for ty in [
-            quote!(Result<(), E>),
-            quote!(anyhow::Result<u8>),
-            quote!(std::io::Result<u8>),
-        ] {
-            assert!(
-                expand_str(quote!(key = "k"), quote!(async fn f() -> #ty { todo!() })).is_ok(),
-                "{ty}"
-            );
-        }
-        for ty in [
-            quote!(u8),
-            quote!(Option<u8>),
-            quote!(impl Future<Output = ()>),
-        ] {
-            assert!(
-                expand_str(quote!(key = "k"), quote!(async fn f() -> #ty { todo!() })).is_err(),
-                "{ty}"
-            );
-        }
-    }
-
-    #[test]
-    fn skip_mode_accepts_unit_and_option_only() {
-        for ty in [
+            quote!(-> AppResult<u8>),
+            quote!(-> std::io::Result<u8>),
+            quote!(-> u8),
             quote!(),
-            quote!(-> ()),
-            quote!(-> Option<u8>),
-            quote!(-> core::option::Option<u8>),
         ] {
-            assert!(
-                expand_str(
-                    quote!(key = "k", on_busy = "skip"),
-                    quote!(async fn f() #ty { todo!() })
-                )
-                .is_ok(),
-                "{ty}"
-            );
+            for mode in [quote!(on_busy = "error"), quote!(on_busy = "skip")] {
+                assert!(
+                    expand_str(
+                        quote!(key = "k", #mode),
+                        quote!(async fn f() #ty { todo!() })
+                    )
+                    .is_ok(),
+                    "{ty} {mode}"
+                );
+            }
         }
-        for ty in [quote!(-> Result<(), E>), quote!(-> u8), quote!(-> (u8, u8))] {
-            assert!(
-                expand_str(
-                    quote!(key = "k", on_busy = "skip"),
-                    quote!(async fn f() #ty { todo!() })
-                )
-                .is_err(),
-                "{ty}"
-            );
+    }
+
+    #[test]
+    fn the_body_is_spliced_without_its_braces() {
+        // `async move { ..; { Ok(()) } }` would trip `unused_braces` at the user's braces.
+        let expanded = expand_str(
+            quote!(key = "k"),
+            quote!(
+                async fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        )
+        .unwrap();
+        assert!(!expanded.contains("{ Ok (()) }"), "{expanded}");
+        assert!(expanded.contains("Ok (())"), "{expanded}");
+    }
+
+    #[test]
+    fn an_async_trait_method_is_locked_inside_its_pinned_future() {
+        // What `#[async_trait]` makes of `async fn run(&self, day: u32) -> Result<u8, E>`.
+        let expanded = expand_str(
+            quote!(key = "job:{day}"),
+            quote! {
+                fn run<'life0, 'async_trait>(
+                    &'life0 self,
+                    day: u32,
+                ) -> ::core::pin::Pin<Box<
+                    dyn ::core::future::Future<Output = Result<u8, E>> + ::core::marker::Send + 'async_trait,
+                >>
+                where
+                    'life0: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    Box::pin(async move {
+                        let __self = self;
+                        let __ret: Result<u8, E> = { Ok(1) };
+                        __ret
+                    })
+                }
+            },
+        )
+        .unwrap();
+        let item: syn::ItemFn = syn::parse_str(&expanded).unwrap();
+        assert!(item.sig.asyncness.is_none());
+        // Still `Box::pin(async move { .. })` as its last statement, so `#[tracing::instrument]`
+        // applied after this attribute recognises it too.
+        let Some(syn::Stmt::Expr(syn::Expr::Call(call), None)) = item.block.stmts.last() else {
+            panic!("not a call: {expanded}");
+        };
+        assert!(matches!(call.args.first(), Some(syn::Expr::Async(_))));
+        assert_contains(
+            &expanded,
+            &[
+                "Box :: pin (async move {",
+                ":: std :: format ! (\"job:{}\" , day)",
+                ":: distlock :: __private :: run (",
+                "let __distributed_lock_fake_return : Result < u8 , E > = loop { }",
+                "let __self = self ;",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_fn_returning_an_async_block_is_locked_inside_it() {
+        let expanded = expand_str(
+            quote!(key = "k"),
+            quote! {
+                fn f() -> impl ::core::future::Future<Output = Option<u8>> + Send {
+                    let x = 1;
+                    async move { Some(x) }
+                }
+            },
+        )
+        .unwrap();
+        assert_contains(
+            &expanded,
+            &[
+                "let x = 1 ; async move {",
+                "let __distributed_lock_fake_return : Option < u8 > = loop { }",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_fn_that_returns_no_future_is_refused() {
+        for body in [
+            quote!({ 1 }),
+            quote!({ Box::pin(ready()) }),
+            quote!({ Box::new(async move { 1 }) }),
+            quote!({
+                Box::pin(async move { 1 });
+            }),
+        ] {
+            let error = expand_str(quote!(key = "k"), quote!(fn f() -> X #body)).unwrap_err();
+            assert!(error.to_string().contains("needs an `async fn`"), "{body}");
         }
     }
 }

@@ -34,12 +34,13 @@ enum Member {
     Index(u32),
 }
 
-/// What a template may refer to: the fn's parameter names and whether it has a receiver.
+/// What a template may refer to: the fn's parameter names and its receiver.
 pub(crate) struct Params {
     /// Every name bound by the fn's parameter patterns, in order, as written.
     pub(crate) names: Vec<Ident>,
-    /// Whether the fn takes `self` in any form (`&self`, `&mut self`, `self`, `self: Arc<Self>`).
-    pub(crate) has_receiver: bool,
+    /// The span of the fn's `self` in any form (`&self`, `&mut self`, `self`,
+    /// `self: Arc<Self>`), when it has one.
+    pub(crate) receiver: Option<Span>,
 }
 
 impl Template {
@@ -117,7 +118,7 @@ impl Template {
                 continue;
             };
             if root == "self" {
-                if !params.has_receiver {
+                if params.receiver.is_none() {
                     return Err(format!(
                         "`{{self...}}` needs a `self` receiver, but this fn has none: take \
                          `&self`, or use a parameter instead ({})",
@@ -136,10 +137,18 @@ impl Template {
         Ok(())
     }
 
+    /// The parameters (or `self`) the placeholders start from, in order, with repeats.
+    pub(crate) fn roots(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|segment| match segment {
+            Segment::Field { root, .. } => Some(root.as_str()),
+            Segment::Text(_) => None,
+        })
+    }
+
     /// The expression building the key: `format!` with one argument per placeholder, or a plain
-    /// `String::from` when there is none. Every token carries `span` (the key literal's), so a
-    /// placeholder whose value lacks `Display` or a field that does not exist is reported at the
-    /// key. Must be called after [`Template::check`] succeeded.
+    /// `String::from` when there is none. Every token is located at `span` (the key literal's),
+    /// so a placeholder whose value lacks `Display` or a field that does not exist is reported
+    /// at the key. Must be called after [`Template::check`] succeeded.
     pub(crate) fn to_tokens(&self, params: &Params, span: Span) -> TokenStream {
         let mut format = String::new();
         let mut arguments = Vec::new();
@@ -234,7 +243,7 @@ fn list_parameters(params: &Params) -> String {
         .iter()
         .map(|name| format!("`{{{name}}}`"))
         .collect();
-    if params.has_receiver {
+    if params.receiver.is_some() {
         names.insert(0, "`{self.<field>}`".to_string());
     }
     if names.is_empty() {
@@ -245,11 +254,14 @@ fn list_parameters(params: &Params) -> String {
     }
 }
 
-/// `root.member.member`, every token at `span`. The root is the parameter's own identifier
-/// (re-spanned), so it resolves exactly like the user's code would.
+/// `root.member.member`, every token located at `span`. The root keeps the hygiene of the
+/// parameter (or `self`) it names and takes only the location of the key: when the key literal
+/// and the fn come from different macro contexts (a `macro_rules!` that defines the fn and takes
+/// the key as an argument, or the reverse), the literal's hygiene would not see the parameter.
 fn field_tokens(root: &str, members: &[Member], params: &Params, span: Span) -> TokenStream {
     let mut tokens = if root == "self" {
-        let receiver = syn::token::SelfValue(span);
+        let receiver_span = params.receiver.unwrap_or(span);
+        let receiver = syn::token::SelfValue(receiver_span.located_at(span));
         quote!(#receiver)
     } else {
         let mut ident = params
@@ -258,7 +270,7 @@ fn field_tokens(root: &str, members: &[Member], params: &Params, span: Span) -> 
             .find(|name| *name == root)
             .cloned()
             .unwrap_or_else(|| Ident::new(root, span));
-        ident.set_span(span);
+        ident.set_span(ident.span().located_at(span));
         quote!(#ident)
     };
     for member in members {
@@ -285,7 +297,7 @@ mod tests {
                 .iter()
                 .map(|name| syn::Ident::new(name, Span::call_site()))
                 .collect(),
-            has_receiver,
+            receiver: has_receiver.then(Span::call_site),
         }
     }
 

@@ -36,11 +36,15 @@ use proc_macro::TokenStream;
 ///   body ends sooner, so a scheduled job does not run again on another machine whose clock is
 ///   slightly behind (ShedLock's lockAtLeastFor). Must not exceed a literal `lease`.
 /// - `on_busy = "error" | "skip"`: `"error"` (default) returns `Err(LockError::NotAcquired)`
-///   converted with `From`, so the fn returns `Result<T, E>` with `E: From<LockError>`.
-///   `"skip"` returns `()`/`None` without running the body, for fns returning `()`/`Option<T>`.
+///   converted with `From`, so the fn returns `Result<T, E>` with `E: From<LockError>` (an
+///   alias works too: `anyhow::Result<T>`, `std::io::Result<T>`, your `AppResult<T>`).
+///   `"skip"` returns without running the body: `()`, `None`, `Ok(())` or `Ok(None)` for a fn
+///   returning `()`, `Option<T>`, `Result<(), E>` or `Result<Option<T>, E>`. Any other failure
+///   (the backend, a lost lease) is an `Err` in the `Result` shapes; `()` and `Option<T>` have
+///   no place for it, so it is logged at ERROR.
 /// - `on_lost = "report" | "cancel"`: when the lease is lost during the body, `"report"`
 ///   (default) lets the body finish, `"cancel"` drops it at once; both then return
-///   `Err(LockError::LeaseLost)` (skip mode logs it instead).
+///   `Err(LockError::LeaseLost)` (logged instead for a skip-mode fn returning `()`/`Option<T>`).
 /// - `locker = <expr>`: the `Locker` to use (`Locker`, `&Locker`, `Arc<Locker>`), e.g.
 ///   `locker = self.locks`. Default: the installed default locker.
 /// - `crate = "path"`: where `distlock` is, for crates that re-export it. Without it the
@@ -48,7 +52,26 @@ use proc_macro::TokenStream;
 ///   (e.g. `lock = { package = "distlock", ... }`).
 ///
 /// Durations are string literals checked at compile time (units `ms`, `s`, `m`, `h`, `d`, largest
-/// first: `"1m30s"`) or any expression of type `Duration`, such as a `const`.
+/// first: `"1m30s"`; at most a year, the runtime's `MAX_DURATION`) or any expression of type
+/// `Duration`, such as a `const`.
+///
+/// Whether the return type fits `on_busy` is decided by the type system, not by how the type is
+/// spelled; a misfit is a compile error at the return type that says what would fit.
+///
+/// # With `#[async_trait]`
+///
+/// On a method of an `#[async_trait]` impl or trait, write the attribute on the method as usual.
+/// `#[async_trait]` sits on the enclosing item, so it always expands first and turns the
+/// `async fn` into a fn returning `Box::pin(async move { .. })`; the attribute recognises that
+/// shape (as `#[tracing::instrument]` does) and locks inside the future.
+///
+/// # With `#[tracing::instrument]`
+///
+/// Attributes expand from the first one written to the last, each wrapping what the next one
+/// sees. To have the lock's events ("lock acquired", "lock released", ...) inside the fn's span,
+/// write `#[distributed_lock(..)]` above `#[tracing::instrument]`. With `#[tracing::instrument]`
+/// first, its span covers only the body: the key, the wait and the acquire happen before it is
+/// entered, the release after it is left. The same holds on `#[async_trait]` methods.
 ///
 /// The signature, attributes, docs and visibility stay as written; the body becomes an
 /// `async move` block awaited in place, so `return`, `?`, `self`, generics and lifetimes keep

@@ -254,3 +254,99 @@ impl LockError {
         matches!(self, LockError::LeaseLost { .. })
     }
 }
+
+/// For fns that return `std::io::Result<T>` (the orphan rule keeps users from writing this
+/// impl). The `LockError` stays inside: `get_ref()`/`into_inner()` and `downcast::<LockError>()`
+/// give it back, and the message is its message.
+///
+/// The kinds:
+/// - `NotAcquired` is [`ResourceBusy`](std::io::ErrorKind::ResourceBusy) (EBUSY: someone else
+///   holds it). Not `WouldBlock`, which non-blocking I/O reads as "not ready yet, poll again"
+///   (tokio's readiness code does), so a busy lock could turn into a silent wait; not
+///   `TimedOut`, kept for a server that did not answer, which calls for a different remedy.
+/// - `LeaseLost` is [`Other`](std::io::ErrorKind::Other): no kind means "exclusivity was lost",
+///   and `Interrupted`, the nearest, is retried automatically by std's I/O helpers.
+/// - `Backend` is [`Other`](std::io::ErrorKind::Other): the Redis client does not expose the
+///   I/O error under it through `source()`; the backend error stays reachable through the
+///   `LockError` inside.
+/// - `InvalidKey` and `InvalidOptions` are [`InvalidInput`](std::io::ErrorKind::InvalidInput).
+/// - `NoDefaultLocker` is [`Other`](std::io::ErrorKind::Other): a set-up mistake, which
+///   `NotFound` would disguise as a missing resource (a web framework would answer 404).
+///
+/// ```
+/// use std::io;
+/// use std::time::Duration;
+///
+/// use distlock_runtime::LockError;
+///
+/// let busy = LockError::NotAcquired { key: "report".into(), waited: Duration::from_secs(10) };
+/// let error = io::Error::from(busy);
+/// assert_eq!(error.kind(), io::ErrorKind::ResourceBusy);
+/// let inner = error.get_ref().and_then(|e| e.downcast_ref::<LockError>());
+/// assert!(inner.is_some_and(LockError::is_not_acquired));
+/// ```
+impl From<LockError> for std::io::Error {
+    fn from(error: LockError) -> Self {
+        use std::io::ErrorKind;
+        let kind = match &error {
+            LockError::NotAcquired { .. } => ErrorKind::ResourceBusy,
+            LockError::LeaseLost { .. }
+            | LockError::Backend { .. }
+            | LockError::NoDefaultLocker => ErrorKind::Other,
+            LockError::InvalidKey { .. } | LockError::InvalidOptions { .. } => {
+                ErrorKind::InvalidInput
+            }
+        };
+        std::io::Error::new(kind, error)
+    }
+}
+
+#[cfg(test)]
+mod io_error_tests {
+    use std::io::{self, ErrorKind};
+    use std::time::Duration;
+
+    use super::LockError;
+
+    fn kind(error: LockError) -> ErrorKind {
+        io::Error::from(error).kind()
+    }
+
+    #[test]
+    fn each_variant_has_its_kind() {
+        let key = || "k".to_string();
+        assert_eq!(
+            kind(LockError::NotAcquired {
+                key: key(),
+                waited: Duration::ZERO
+            }),
+            ErrorKind::ResourceBusy
+        );
+        assert_eq!(kind(LockError::LeaseLost { key: key() }), ErrorKind::Other);
+        assert_eq!(
+            kind(LockError::InvalidKey {
+                key: key(),
+                reason: "empty"
+            }),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            kind(LockError::InvalidOptions {
+                key: None,
+                reason: "zero".into()
+            }),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(kind(LockError::NoDefaultLocker), ErrorKind::Other);
+    }
+
+    #[test]
+    fn the_lock_error_stays_inside() {
+        let error = io::Error::from(LockError::LeaseLost { key: "k".into() });
+        assert!(error.to_string().contains("lease of lock `k` was lost"));
+        let inner = error
+            .into_inner()
+            .and_then(|e| e.downcast::<LockError>().ok());
+        assert!(inner.is_some_and(|e| e.is_lease_lost()));
+    }
+}
