@@ -88,11 +88,12 @@ pub enum BackendError {
     /// The operating system's random generator failed to give an owner token.
     #[error("the OS random generator failed: {0}")]
     Random(getrandom::Error),
-    /// The lock's name in Redis holds a value that no lock wrote (it has no expiry), so it would
-    /// never be released.
+    /// The lock's name in Redis holds a value that is not a distlock lock (someone else wrote it,
+    /// or it has no expiry), so waiting for its release could wait forever.
     #[error(
-        "`{0}` holds a value without expiry that no lock wrote, so it would never be released; \
-         delete it if it is stale, or give the locker another key prefix"
+        "`{0}` holds a value that is not a distlock lock (another program wrote it, or it has no \
+         expiry), so it may never be released; delete it if it is stale, or give the locker \
+         another key prefix"
     )]
     NotALock(String),
     /// The server answered something the lock scripts never return.
