@@ -301,6 +301,21 @@ async fn a_hand_over_never_gives_a_number_below_the_givers() {
     assert_eq!(now, format!("{taker}:{}", ahead + 1));
 }
 
+#[tokio::test]
+async fn a_lock_of_the_earlier_format_is_waited_for_during_a_rolling_upgrade() {
+    let server = RedisServer::start();
+    let locker = connect(&server).await;
+    let mut conn = server.client().await;
+    // Before one key per lock, a lock's value was its holder's bare token.
+    let earlier = "0123456789abcdef0123456789abcdef";
+    run(&mut conn, &["SET", "lock:{upgrade}", earlier, "PX", "300"]).await;
+    let guard = locker
+        .acquire("upgrade", LockOptions::new().wait(PATIENCE))
+        .await
+        .expect("the earlier holder's lock, once expired, is ours");
+    guard.release().await.expect("release");
+}
+
 /// Distinct names in the residue test: a per-entity lock (`order:{id}`) over many entities.
 const NAMES: usize = 100_000;
 /// Of those, how many are left to expire instead of being released.

@@ -18,7 +18,8 @@
 //! - **acquire**: `TIME`, then `SET P{K} token:now NX PX lease` and return `now`, the server clock
 //!   in microseconds, as the fencing number; else return the holder's `PTTL`. Only then, off the
 //!   uncontended path, a value that is not in this format (someone else wrote it, or it has no
-//!   expiry) is reported as not a lock ([`BackendError::NotALock`]) instead of being waited for.
+//!   expiry) is reported as not a lock ([`BackendError::NotALock`]) instead of being waited for;
+//!   a bare token, the value of an earlier version's lock, is waited for (rolling upgrades).
 //! - **release**: if the token part of `GET P{K}` is the caller's: `DEL` (or `PEXPIRE` to what
 //!   remains of `hold_at_least`) and `PUBLISH P{K}:released`. A non-owner changes nothing.
 //! - **renew** (watchdog, every renewal interval): if the token part is the caller's: `PEXPIRE`.

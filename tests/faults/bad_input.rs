@@ -209,8 +209,8 @@ async fn bad_input() -> FaultRow {
         fault: "Bad input, server errors",
         injected: format!(
             "{} hand-picked + {RANDOM_KEYS} random keys (unicode, 1024+ bytes, braces, colons, \
-             globs, CR/LF, NUL); WRONGTYPE, no-expiry value, foreign MULTI/EXEC, BUSY script, \
-             SCRIPT FLUSH, OOM",
+             globs, CR/LF, NUL); foreign values at a lock (any type, with or without expiry), \
+             foreign MULTI/EXEC, BUSY script, SCRIPT FLUSH, OOM",
             keys.len()
         ),
         sections,

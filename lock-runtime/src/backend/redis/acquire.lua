@@ -24,10 +24,13 @@ if not ARGV[3] then
     return {1, fence}
   end
   -- Busy. Only here, never on the free path, tell a held lock from a value someone else wrote;
-  -- pcall because a value of another type answers WRONGTYPE, and is just as foreign.
+  -- pcall because a value of another type answers WRONGTYPE, and is just as foreign. A bare
+  -- 32-hex-digit token is a lock of an earlier version (one with a separate fence counter), held
+  -- during a rolling upgrade: it is waited for like any other.
   local held = redis.pcall('GET', KEYS[1])
   local pttl = redis.call('PTTL', KEYS[1])
-  if type(held) ~= 'string' or not string.find(held, '^%x+:%d+$') then
+  if type(held) ~= 'string'
+      or not (string.find(held, '^%x+:%d+$') or (#held == 32 and string.find(held, '^%x+$'))) then
     return {-1, pttl}
   end
   return {0, pttl}
