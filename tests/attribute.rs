@@ -446,19 +446,26 @@ async fn a_lost_lease_cancels_the_body_in_cancel_mode() {
 async fn current_gives_the_guards_fencing_token() {
     let fx = Fixture::redis().await;
     let svc = Service::new(&fx).await;
-    let first = svc.fenced_write(7).await.unwrap();
     let mut conn = fx.server().client().await;
-    let stored: u64 = redis::cmd("GET")
-        .arg("lock:{fenced:7}:fence")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(first, stored);
+    let before = server_micros(&mut conn).await;
+    let first = svc.fenced_write(7).await.unwrap();
+    let after = server_micros(&mut conn).await;
+    // The acquisition's number is the server clock at the acquisition (the data model).
+    assert!(
+        (before..=after).contains(&first),
+        "{before} {first} {after}"
+    );
     assert!(svc.fenced_write(7).await.unwrap() > first);
     assert!(
         distlock::current().is_none(),
         "current() outside a locked body"
     );
+}
+
+/// The server's clock in microseconds (`TIME`).
+async fn server_micros(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+    seconds * 1_000_000 + micros
 }
 
 #[distributed_lock(key = "default:{n}", wait = "1s", lease = "2s")]
@@ -470,16 +477,12 @@ async fn uses_the_default_locker(n: u32) -> Result<u32, LockError> {
 async fn without_a_locker_argument_the_installed_default_is_used() {
     let fx = Fixture::redis().await;
     distlock::install(fx.locker.clone());
+    let before = fx.server().command_calls("evalsha").await;
     assert_eq!(uses_the_default_locker(5).await.unwrap(), 5);
-    let mut conn = fx.server().client().await;
-    let fence: Option<u64> = redis::cmd("GET")
-        .arg("lock:{default:5}:fence")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(
-        fence.is_some(),
-        "the call did not lock on the installed locker"
+    assert_eq!(
+        fx.server().command_calls("evalsha").await - before,
+        2,
+        "the call did not acquire and release on the installed locker"
     );
 }
 

@@ -50,53 +50,59 @@ async fn the_watchdog_renews_once_per_interval() {
 }
 
 #[tokio::test]
-async fn the_data_model_is_token_with_expiry_and_a_fence_counter_in_one_slot() {
+async fn the_data_model_is_one_key_holding_token_and_fence_with_expiry() {
     let server = RedisServer::start();
     let locker = Locker::builder(server.url())
         .key_prefix("app:")
         .build()
         .await
         .unwrap();
+    let mut conn = server.client().await;
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let before = seconds * 1_000_000 + micros;
     let guard = locker
         .acquire("book:42", LockOptions::new().lease(Duration::from_secs(5)))
         .await
         .unwrap();
-    let mut conn = server.client().await;
-    let token: String = redis::cmd("GET")
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["app:{book:42}"], "one key per lock, nothing else");
+    let value: String = redis::cmd("GET")
         .arg("app:{book:42}")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(token.len(), 32, "128-bit token as hex: {token}");
+    let (token, fence) = value.split_once(':').expect("token:fence");
+    assert_eq!(token.len(), 32, "128-bit token as hex: {value}");
     assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(fence.parse::<u64>().unwrap(), guard.fencing_token());
+    assert!(
+        guard.fencing_token() >= before,
+        "the fence is the server clock in µs: {} before {before}",
+        guard.fencing_token()
+    );
     let pttl: i64 = redis::cmd("PTTL")
         .arg("app:{book:42}")
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!(pttl > 4000 && pttl <= 5000, "{pttl}");
-    let fence: u64 = redis::cmd("GET")
-        .arg("app:{book:42}:fence")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(fence, guard.fencing_token());
     guard.release().await.unwrap();
-    let exists: u64 = redis::cmd("EXISTS")
-        .arg("app:{book:42}")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(exists, 0);
+    let left: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    assert_eq!(left, 0, "a released lock leaves no key");
 
-    // A second acquisition gets a different token.
+    // A second acquisition gets a different token and a greater fence.
     let again = locker.acquire("book:42", LockOptions::new()).await.unwrap();
-    let token2: String = redis::cmd("GET")
+    let value2: String = redis::cmd("GET")
         .arg("app:{book:42}")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_ne!(token, token2);
+    assert_ne!(value2.split_once(':').unwrap().0, token);
+    assert!(again.fencing_token() > fence.parse::<u64>().unwrap());
     again.release().await.unwrap();
 }
 

@@ -133,7 +133,8 @@ impl BackendError {
         }
     }
 
-    /// The lock's name in Redis holds a value without expiry that no lock wrote.
+    /// The lock's name in Redis holds a value that is not a distlock lock (another program wrote
+    /// it, or it has no expiry).
     pub(crate) fn not_a_lock(name: String) -> Self {
         BackendError {
             kind: Kind::NotALock(name),
@@ -214,8 +215,9 @@ impl fmt::Display for BackendError {
             Kind::Random(e) => write!(f, "the OS random generator failed: {e}"),
             Kind::NotALock(name) => write!(
                 f,
-                "`{name}` holds a value without expiry that no lock wrote, so it would never be \
-                 released; delete it if it is stale, or give the locker another key prefix"
+                "`{name}` holds a value that is not a distlock lock (another program wrote it, or \
+                 it has no expiry), so it may never be released; delete it if it is stale, or give \
+                 the locker another key prefix"
             ),
             Kind::Refused(message) => f.write_str(message),
             Kind::UnexpectedReply(what) => write!(f, "unexpected reply from the server: {what}"),

@@ -295,9 +295,10 @@ impl LockGuard {
     }
 
     /// The fencing number of this acquisition: strictly greater than every earlier acquisition's
-    /// of the same key. Give it to the store you write to, and have the store refuse writes with a
-    /// lower number than it has seen: then a holder that lost its lease (paused, partitioned)
-    /// cannot overwrite a newer holder's work.
+    /// of the same key, even across a restart, a restore or a failover of the server (under the
+    /// clock assumption in the crate docs). Give it to the store you write to, and have the store
+    /// refuse any number not greater than the last one it accepted: then a holder that lost its
+    /// lease (paused, partitioned) cannot overwrite a newer holder's work.
     pub fn fencing_token(&self) -> u64 {
         self.held.fence
     }

@@ -8,21 +8,31 @@
 //!
 //! | name | type | content |
 //! |---|---|---|
-//! | `P{K}` | string, PX expiry | the holder's 128-bit random token (32 hex digits) |
-//! | `P{K}:fence` | string (integer), no expiry | the last fencing number handed out for `K` |
+//! | `P{K}` | string, PX expiry | `<token>:<fence>`: the holder's 128-bit random token (32 hex digits) and the acquisition's fencing number (decimal) |
 //! | `P{K}:released` | pub/sub channel | one message per release (payload: ms still held, 0 if deleted) |
 //!
-//! The `{K}` hash tag puts the lock and its counter in one Cluster slot. Every step is one script
-//! call (one round trip) that names every key it touches in `KEYS`:
+//! That is all: one key per lock, and no key outlives its lock (a release deletes it, the
+//! lease's expiry removes it). The `{K}` hash tag keeps a lock's names in one Cluster slot. Every
+//! step is one script call (one round trip) that names every key it touches in `KEYS`:
 //!
-//! - **acquire**: `SET P{K} token NX PX lease`; on success `INCR P{K}:fence` and return it, else
-//!   return the holder's `PTTL`. A missing counter starts from the server clock in microseconds,
-//!   so fencing numbers keep growing even across a restart that lost the counter.
-//! - **release**: if `GET P{K} == token`: `DEL` (or `PEXPIRE` to what remains of
-//!   `hold_at_least`) and `PUBLISH P{K}:released`. A non-owner changes nothing.
-//! - **renew** (watchdog, every renewal interval): if `GET P{K} == token`: `PEXPIRE lease`.
-//! - **hand-over** (the acquire script with the releaser's token as a third argument): if
-//!   `GET P{K} == releaser's token`: `SET P{K} waiter's token PX lease`, `INCR P{K}:fence`.
+//! - **acquire**: `TIME`, then `SET P{K} token:now NX PX lease` and return `now`, the server clock
+//!   in microseconds, as the fencing number; else return the holder's `PTTL`. Only then, off the
+//!   uncontended path, a value that is not in this format (someone else wrote it, or it has no
+//!   expiry) is reported as not a lock ([`BackendError::NotALock`]) instead of being waited for;
+//!   a bare token, the value of an earlier version's lock, is waited for (rolling upgrades).
+//! - **release**: if the token part of `GET P{K}` is the caller's: `DEL` (or `PEXPIRE` to what
+//!   remains of `hold_at_least`) and `PUBLISH P{K}:released`. A non-owner changes nothing.
+//! - **renew** (watchdog, every renewal interval): if the token part is the caller's: `PEXPIRE`.
+//! - **hand-over** (the acquire script with the releaser's token as a third argument): if the
+//!   token part is the releaser's: `SET P{K} waiter's-token:fence PX lease`, with
+//!   `fence = max(releaser's fence + 1, now)`.
+//!
+//! Fencing numbers follow the server clock, so they need no counter and keep growing across
+//! release, expiry, a restart with or without persistence, a restore from a snapshot, `FLUSHALL`,
+//! eviction and the promotion of a replica that lagged, under one assumption: **no Redis server's
+//! clock, across a restart or a failover, is behind the time at which the last fencing number of
+//! a lock was handed out.** (Two acquisitions of one lock never fall in the same microsecond:
+//! each is a script call of its own, after the release or expiry of the one before.)
 //!
 //! Waiters subscribe to `P{K}:released` before retrying, through one subscriber connection per
 //! [`Locker`] shared by all waiting tasks, and sleep until a message or the holder's expiry. The
@@ -41,9 +51,11 @@
 //! lease from when the request was sent, less a drift allowance of 1 % + 2 ms (Redlock's), so its
 //! own view of the lease ends before the server's: it is told before another client can get in.
 //! A single Redis server that loses its data (restart without persistence, failover to a replica
-//! that missed the write) can let a second holder in while the first still works: the first is
-//! told, but only the fencing token, checked by the store you write to, makes its late writes
-//! harmless.
+//! that missed the write, eviction) can let a second holder in while the first still works: the
+//! first is told, but only the fencing token, checked by the store you write to, makes its late
+//! writes harmless. The second holder's number is greater than the first's (clock assumption
+//! above), so a store that refuses any number not greater than the last one it accepted refuses
+//! the first holder's late writes.
 #![warn(missing_docs)]
 
 mod backend;

@@ -613,15 +613,20 @@ async fn lease_left_on_server(
     key: &str,
     fence: u64,
 ) -> Option<Duration> {
-    let (pttl, latest): (i64, Option<u64>) = redis::pipe()
+    let (pttl, value): (i64, Option<String>) = redis::pipe()
         .atomic()
         .cmd("PTTL")
         .arg(format!("lock:{{{key}}}"))
         .cmd("GET")
-        .arg(format!("lock:{{{key}}}:fence"))
+        .arg(format!("lock:{{{key}}}"))
         .query_async(conn)
         .await
-        .expect("PTTL and fence");
+        .expect("PTTL and the lock's value");
+    // The value is `<token>:<fence>`.
+    let latest: Option<u64> = value
+        .as_deref()
+        .and_then(|v| v.split_once(':'))
+        .and_then(|(_, fence)| fence.parse().ok());
     let still_ours = latest == Some(fence) && pttl >= 0;
     still_ours.then(|| Duration::from_millis(pttl as u64))
 }

@@ -243,22 +243,26 @@ async fn restart() -> FaultRow {
     }
 }
 
-/// The highest fencing number handed out so far (the counters are `lock:{<key>}:fence`).
+/// The highest fencing number among the locks held now (a lock's value is `<token>:<fence>`).
 async fn max_fence(server: &RedisServer) -> u64 {
     let mut conn = server.client().await;
     let names: Vec<String> = redis::cmd("KEYS")
-        .arg("lock:*:fence")
+        .arg("lock:*")
         .query_async(&mut conn)
         .await
         .expect("KEYS in the test");
     let mut highest = 0;
     for name in names {
-        let v: u64 = redis::cmd("GET")
+        let value: String = redis::cmd("GET")
             .arg(&name)
             .query_async(&mut conn)
             .await
-            .expect("GET a fence");
-        highest = highest.max(v);
+            .expect("GET a lock");
+        let fence = value
+            .split_once(':')
+            .and_then(|(_, fence)| fence.parse().ok())
+            .unwrap_or_else(|| panic!("{name} holds {value:?}, not <token>:<fence>"));
+        highest = highest.max(fence);
     }
     highest
 }

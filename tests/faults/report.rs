@@ -111,8 +111,9 @@ failover to a replica that had not received the lock yet) forgets the lock while
 works. A second holder can then get in. The first holder is told (its guard's `lost()` resolves at \
 its next renewal, `release()` returns `LeaseLost`), but it may already be in the middle of a write. \
 Only a store that checks fencing tokens refuses the stale holder's writes (the paused-holder row \
-shows such a store doing it); fencing tokens keep growing across such a restart because a lost \
-counter restarts from the server clock.
+shows such a store doing it): fencing numbers follow the server clock, so the second holder's is \
+greater, and a store that refuses any number not greater than the last one it accepted refuses \
+the first holder's late writes.
 - **A holder paused past its lease** (GC, SIGSTOP, a swapped-out VM) is in the same position: \
 nothing outside the process can stop it from acting when it resumes. It learns of the loss when it \
 next looks (`is_lost()`, `release()`); the fencing token is what makes its late write harmless.

@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use distlock::{LockError, LockGuard, LockOptions, Locker};
+use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -258,6 +259,7 @@ async fn one_way_of_slowing(setup: &Setup, how: Slowness) -> Figures {
         format!("slow:{name}:acquire:once"),
         format!("slow:{name}:acquire:waiting"),
     ];
+    let listener = ReleaseListener::start(&setup.server, &keys).await;
     let slowed = setup.slow_down(how, SLOW).await;
     let attempts = keys
         .iter()
@@ -300,8 +302,8 @@ async fn one_way_of_slowing(setup: &Setup, how: Slowness) -> Figures {
     recovery = recovery.max(caught_up.elapsed());
     release_or_note(guard, &mut broken, name).await;
     sections += 1;
-    // The acquires did reach the server late (their fencing counters exist), and their locks
-    // are gone: the compare-and-delete behind each one ran.
+    // The acquires did reach the server late (each lock taken there was released by the
+    // compare-and-delete behind it, which published), and their locks are gone.
     let cleaned = wait_until_unlocked(&setup.server, &keys, CLEANUP_BOUND).await;
     let cleaned_after_catch_up = caught_up.elapsed();
     if let Err(left) = cleaned {
@@ -310,7 +312,7 @@ async fn one_way_of_slowing(setup: &Setup, how: Slowness) -> Figures {
              {CLEANUP_BOUND:?} after the server caught up (lease {LONG_LEASE:?})"
         ));
     }
-    let late_acquires = fence_counters(&setup.server, &keys).await;
+    let late_acquires = listener.count().await;
 
     // 2. A release against the slow server.
     let release_key = format!("slow:{name}:release");
@@ -446,17 +448,37 @@ async fn release_or_note(guard: LockGuard, broken: &mut Vec<String>, name: &str)
     }
 }
 
-/// How many of `keys` have a fencing counter: their acquire script ran on the server.
-async fn fence_counters(server: &RedisServer, keys: &[String]) -> usize {
-    let mut conn = server.client().await;
-    let mut n = 0;
-    for key in keys {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(format!("lock:{{{key}}}:fence"))
-            .query_async(&mut conn)
+/// Listens to `keys`' release channels: a timed-out acquire that still ran on the server took
+/// the lock there, and the compare-and-delete the runtime sent behind it published one message.
+struct ReleaseListener(redis::aio::PubSub);
+
+/// Silence after which no more release messages are expected (each was published before its
+/// lock was gone, and the count is taken after that).
+const QUIET: Duration = Duration::from_millis(200);
+
+impl ReleaseListener {
+    async fn start(server: &RedisServer, keys: &[String]) -> Self {
+        let client = redis::Client::open(server.url()).expect("url");
+        let mut pubsub = client
+            .get_async_pubsub()
             .await
-            .expect("EXISTS");
-        n += usize::from(exists);
+            .expect("subscriber connection");
+        for key in keys {
+            pubsub
+                .subscribe(format!("lock:{{{key}}}:released"))
+                .await
+                .expect("SUBSCRIBE");
+        }
+        ReleaseListener(pubsub)
     }
-    n
+
+    /// How many releases were published on the channels.
+    async fn count(mut self) -> usize {
+        let mut messages = self.0.on_message();
+        let mut n = 0;
+        while let Ok(Some(_)) = tokio::time::timeout(QUIET, messages.next()).await {
+            n += 1;
+        }
+        n
+    }
 }

@@ -269,7 +269,7 @@ fn connections(conn: &mut redis::Connection) -> u64 {
     list.lines().filter(|l| !l.trim().is_empty()).count() as u64
 }
 
-/// Lock keys still in Redis (the fencing counters, `...:fence`, stay by design).
+/// Lock keys still in Redis (a lock is its only key).
 fn lock_keys(conn: &mut redis::Connection) -> Vec<String> {
     let mut keys: Vec<String> = redis::cmd("SCAN")
         .cursor_arg(0)
@@ -282,7 +282,6 @@ fn lock_keys(conn: &mut redis::Connection) -> Vec<String> {
         .expect("SCAN")
         .collect::<Result<_, _>>()
         .expect("SCAN");
-    keys.retain(|k| !k.ends_with(":fence"));
     keys.sort();
     keys
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -15,11 +15,47 @@ struct Entry {
     expires: Instant,
 }
 
+/// Expired entries are swept after this many new entries at least, so a sweep's cost (one pass
+/// over the map) is spread over as many acquisitions as the map holds: amortised O(1).
+const SWEEP_FLOOR: usize = 64;
+
 #[derive(Default)]
 struct State {
+    /// Live locks, plus those that expired since the last sweep (at most as many as the map
+    /// held then, or `SWEEP_FLOOR`): bounded by the number of live locks, never by the number
+    /// of names ever locked.
     locks: HashMap<String, Entry>,
-    /// Last fencing number handed out per key; kept forever, like the Redis counter.
-    fences: HashMap<String, u64>,
+    /// The last fencing number handed out, for any key. One source for all keys, following the
+    /// system clock in microseconds, so numbers never repeat for a key without a per-key counter
+    /// that would outlive its lock (as the Redis backend's scripts do with the server clock).
+    last_fence: u64,
+    /// New entries since the last sweep of expired ones, and how many entries that sweep left.
+    inserted_since_sweep: usize,
+    left_by_sweep: usize,
+}
+
+impl State {
+    /// `max(last + 1, system clock in µs)`: strictly increasing, and above every number an
+    /// earlier backend in this process or before a restart handed out, unless the clock went back.
+    fn next_fence(&mut self) -> u64 {
+        let clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.last_fence = self.last_fence.saturating_add(1).max(clock);
+        self.last_fence
+    }
+
+    /// Counts a new entry; drops the expired ones once as many entries were added as the last
+    /// sweep left (at least `SWEEP_FLOOR`). Counting insertions rather than the map's growth
+    /// also sweeps under churn (names locked once, map size steady), where growth never comes.
+    fn inserted(&mut self, now: Instant) {
+        self.inserted_since_sweep += 1;
+        if self.inserted_since_sweep >= self.left_by_sweep.max(SWEEP_FLOOR) {
+            self.locks.retain(|_, entry| entry.expires > now);
+            self.left_by_sweep = self.locks.len();
+            self.inserted_since_sweep = 0;
+        }
+    }
 }
 
 /// Wake-up registrations per key: the shared `Notify` and how many waiters hold it.
@@ -48,16 +84,19 @@ impl MemoryBackend {
                 ttl: entry.expires - now,
             };
         }
-        state.locks.insert(
+        let replaced = state.locks.insert(
             key.to_owned(),
             Entry {
                 token: token.to_owned(),
                 expires: now + lease,
             },
         );
-        let fence = state.fences.entry(key.to_owned()).or_insert(0);
-        *fence += 1;
-        Attempt::Acquired { fence: *fence }
+        if replaced.is_none() {
+            state.inserted(now);
+        }
+        Attempt::Acquired {
+            fence: state.next_fence(),
+        }
     }
 
     pub(crate) fn release(&self, key: &str, token: &str, keep: Option<Duration>) -> Released {
@@ -96,9 +135,7 @@ impl MemoryBackend {
             }
             _ => return None,
         }
-        let fence = state.fences.entry(key.to_owned()).or_insert(0);
-        *fence += 1;
-        Some(*fence)
+        Some(state.next_fence())
     }
 
     pub(crate) fn renew(&self, key: &str, token: &str, lease: Duration) -> bool {
@@ -142,5 +179,46 @@ impl MemoryBackend {
         if let Some((notify, _)) = lock(&self.waiters).get(key) {
             notify.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMES: usize = 10_000;
+    const LEASE: Duration = Duration::from_millis(100);
+
+    #[tokio::test(start_paused = true)]
+    async fn maps_hold_only_live_locks_after_many_names_expire_or_are_released() {
+        let backend = MemoryBackend::default();
+        let mut last = 0;
+        let mut fenced = |attempt: Attempt| match attempt {
+            Attempt::Acquired { fence } => {
+                assert!(fence > last, "fence {fence} after {last}");
+                last = fence;
+            }
+            Attempt::Busy { .. } => panic!("a fresh name was busy"),
+        };
+        for i in 0..NAMES {
+            let key = format!("expiring:{i}");
+            let _subscription = backend.subscribe(&key);
+            fenced(backend.try_acquire(&key, "a", LEASE));
+        }
+        tokio::time::advance(LEASE * 2).await;
+        for i in 0..NAMES {
+            let key = format!("released:{i}");
+            fenced(backend.try_acquire(&key, "b", LEASE));
+            assert_eq!(backend.release(&key, "b", None), Released::Done);
+        }
+        let held = backend.try_acquire("held", "c", LEASE);
+        fenced(held);
+
+        let locks = lock(&backend.state).locks.len();
+        assert!(
+            locks <= SWEEP_FLOOR,
+            "{locks} entries left for 1 live lock after {NAMES} names expired"
+        );
+        assert!(lock(&backend.waiters).is_empty());
     }
 }

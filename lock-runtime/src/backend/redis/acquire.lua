@@ -1,33 +1,45 @@
 -- Take the lock if free, or, for a hand-over, from the holder named in ARGV[3]. One round trip.
--- KEYS[1] lock key, KEYS[2] fencing counter (same {hash tag}, so the same Cluster slot)
--- ARGV[1] owner token, ARGV[2] lease in milliseconds,
+-- KEYS[1] the lock, the only key: "<owner token>:<fencing number>" with a PX expiry.
+-- ARGV[1] owner token (32 hex digits), ARGV[2] lease in milliseconds,
 -- ARGV[3] (hand-over only) the releasing holder's token: the lock passes to ARGV[1] only if
 -- ARGV[3] still holds it.
 -- Returns {1, fencing number} when taken; {0, PTTL of the current holder} when busy;
+-- {-1, PTTL} when the name holds a value that is not one of our locks;
 -- {0, -2} for a hand-over whose giver no longer holds the lock (nothing changed).
-local taken
-if ARGV[3] then
-  taken = redis.call('GET', KEYS[1]) == ARGV[3]
-  if taken then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+--
+-- The fencing number is the server clock in microseconds, or for a hand-over the giver's number
+-- + 1 when that is higher. No counter has to outlive the lock, and a server that forgot or went
+-- back to an old state (restart, snapshot, FLUSHALL, eviction, a promoted replica) still hands
+-- out greater numbers, as long as its clock is not behind the time the last one was handed out.
+local now = redis.call('TIME')
+if not ARGV[3] then
+  -- The clock as a decimal string, built without string.format: this is the uncontended path,
+  -- whose cost must not exceed a SET NX plus an INCR.
+  local micros = now[2]
+  if #micros < 6 then
+    micros = string.rep('0', 6 - #micros) .. micros
   end
-else
-  taken = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-end
-if taken then
-  local fence = redis.call('INCR', KEYS[2])
-  if fence == 1 then
-    -- A new counter (first use, or a server restarted without persistence) starts at the server
-    -- clock in microseconds, so numbers stay above every number handed out before a restart as
-    -- long as fewer than a million locks per second were taken and the clock did not jump back.
-    local now = redis.call('TIME')
-    fence = now[1] .. string.format('%06d', tonumber(now[2]))
-    redis.call('SET', KEYS[2], fence)
-    fence = tonumber(fence)
+  local fence = now[1] .. micros
+  if redis.call('SET', KEYS[1], ARGV[1] .. ':' .. fence, 'NX', 'PX', ARGV[2]) then
+    return {1, fence}
   end
-  return {1, fence}
+  -- Busy. Only here, never on the free path, tell a held lock from a value someone else wrote;
+  -- pcall because a value of another type answers WRONGTYPE, and is just as foreign. A bare
+  -- 32-hex-digit token is a lock of an earlier version (one with a separate fence counter), held
+  -- during a rolling upgrade: it is waited for like any other.
+  local held = redis.pcall('GET', KEYS[1])
+  local pttl = redis.call('PTTL', KEYS[1])
+  if type(held) ~= 'string'
+      or not (string.find(held, '^%x+:%d+$') or (#held == 32 and string.find(held, '^%x+$'))) then
+    return {-1, pttl}
+  end
+  return {0, pttl}
 end
-if ARGV[3] then
+local held = redis.call('GET', KEYS[1])
+if not held or string.sub(held, 1, #ARGV[3]) ~= ARGV[3] then
   return {0, -2}
 end
-return {0, redis.call('PTTL', KEYS[1])}
+local given = tonumber(string.sub(held, #ARGV[3] + 2)) or 0
+local fence = math.max(given + 1, now[1] * 1000000 + now[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%d', fence), 'PX', ARGV[2])
+return {1, fence}

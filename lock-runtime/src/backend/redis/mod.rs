@@ -1,11 +1,13 @@
 //! Single Redis server: one script call per step, waiters woken by pub/sub.
 //!
 //! Names for a lock `K` under prefix `P` (default `lock:`):
-//! - `P{K}`: the lock, holding the owner's token with a PX expiry;
-//! - `P{K}:fence`: the fencing counter, never expiring;
+//! - `P{K}`: the lock, the only key: `<owner token>:<fencing number>` with a PX expiry;
 //! - channel `P{K}:released`: a message on every release.
 //!
-//! The `{K}` hash tag keeps the lock and its counter in one Cluster slot.
+//! The fencing number is the server clock in microseconds at the acquisition (or the previous
+//! holder's number + 1 for a hand-over, when that is higher), so it needs no counter that would
+//! outlive the lock: no key outlives its lock. The `{K}` hash tag keeps the lock's names in one
+//! Cluster slot.
 
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
@@ -198,9 +200,9 @@ impl RedisBackend {
             [0, pttl] if *pttl >= 0 => Ok(Attempt::Busy {
                 ttl: Duration::from_millis(*pttl as u64),
             }),
-            // PTTL -1: the name holds a value without expiry. Every lock of ours has one, so
-            // something else wrote it, and waiting for it to be released would wait forever.
-            [0, -1] => Err(BackendError::not_a_lock(lock)),
+            // A value someone else wrote (-1), or one of ours without expiry (PTTL -1): waiting
+            // for its release could wait forever, and "another holder kept it" would be wrong.
+            [-1, _] | [0, -1] => Err(BackendError::not_a_lock(lock)),
             other => Err(unexpected("acquire", other)),
         }
     }
@@ -231,13 +233,8 @@ impl RedisBackend {
         giver: Option<&str>,
     ) -> Result<(String, Vec<i64>), BackendError> {
         let lock = self.lock_key(key);
-        let fence = format!("{lock}:fence");
         let mut invocation = ACQUIRE.prepare_invoke();
-        invocation
-            .key(&lock)
-            .key(&fence)
-            .arg(token)
-            .arg(millis(lease));
+        invocation.key(&lock).arg(token).arg(millis(lease));
         if let Some(giver) = giver {
             invocation.arg(giver);
         }

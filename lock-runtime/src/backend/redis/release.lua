@@ -1,9 +1,11 @@
 -- Release the lock only if ARGV[1] still owns it. One round trip.
--- KEYS[1] lock key
+-- KEYS[1] lock key ("<owner token>:<fencing number>")
 -- ARGV[1] owner token, ARGV[2] milliseconds to keep it (0: delete now; > 0: hold_at_least's rest),
 -- ARGV[3] the lock's wake-up channel
 -- Returns 1 when released (or shortened), 0 when the lock was not ours any more.
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+-- Tokens are fixed-width and random: a value that starts with ours is our lock.
+if not held or string.sub(held, 1, #ARGV[1]) ~= ARGV[1] then
   return 0
 end
 local keep = tonumber(ARGV[2])
