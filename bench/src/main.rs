@@ -1,13 +1,16 @@
-//! The benchmark of distlock against rslock and async-redis-lock: starts a private
-//! `redis-server`, runs the seven scenarios of issue 6 for the three implementations in rotating
-//! blocks, prints the table, and writes `BENCHMARKS.md`, `results.json` and `chart.svg`.
+//! The benchmark of distlock against rslock, async-redis-lock and distributed-lock, with a
+//! no-fencing floor for reference: starts a private `redis-server`, runs the seven scenarios of
+//! issue 6 and the cross-process handoff of issue 11 in rotating blocks, prints the table, and
+//! writes `BENCHMARKS.md`, `results.json` and `chart.svg`.
 //!
 //! ```sh
-//! cargo run --release --manifest-path bench/Cargo.toml                 # the full run (~1.5 min)
+//! cargo run --release --manifest-path bench/Cargo.toml                 # the full run (a few minutes)
 //! cargo run --release --manifest-path bench/Cargo.toml -- --quick --out /tmp/b   # what CI runs
 //! ```
 
+mod backoff;
 mod chart;
+mod floor;
 mod machine;
 mod monitor;
 mod plan;
@@ -35,6 +38,14 @@ const COMMAND: &str = "cargo run --release --manifest-path bench/Cargo.toml";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(scenarios::crossprocess::WORKER_FLAG) {
+        // One task per worker process, like a replica's one request at a time.
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(scenarios::crossprocess::worker(&args[1..]));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
