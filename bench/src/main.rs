@@ -77,6 +77,7 @@ fn main() -> Result<()> {
 }
 
 async fn run(plan: Plan, out: PathBuf, command: String) -> Result<()> {
+    let started = std::time::Instant::now();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let server = RedisServer::start().await?;
     let url = server.url();
@@ -97,8 +98,9 @@ async fn run(plan: Plan, out: PathBuf, command: String) -> Result<()> {
     )?;
     chart::draw(&report.chart, &out.join("chart.svg"))?;
     eprintln!(
-        "wrote BENCHMARKS.md, results.json and chart.svg to {}",
-        out.display()
+        "wrote BENCHMARKS.md, results.json and chart.svg to {} ({:.0} s in all)",
+        out.display(),
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

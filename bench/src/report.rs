@@ -588,8 +588,9 @@ impl Report {
         let _ = writeln!(
             out,
             "\ndistributed-lock: `RedisLockProvider::builder().url(..).expiry({} s)`, its other \
-             defaults kept (renewal every 10 s by its own task per lock, 27 s of minimum \
-             validity); a `create_lock(name)` per acquisition, since a lock object draws its \
+             defaults kept (renewal every 10 s by a task of its own per held lock, whose first \
+             renewal is due at once, since tokio's interval ticks first without waiting; 27 s of \
+             minimum validity); a `create_lock(name)` per acquisition, since a lock object draws its \
              owner token once. On one server its `acquire(timeout)` does not wait: it makes one \
              `SET NX` and returns `Timeout` at once when the key is held (and leaves a task \
              sleeping for the whole timeout behind). So its `try_acquire()` is retried by a \

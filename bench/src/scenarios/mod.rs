@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::plan::Plan;
 use crate::probe::Probe;
@@ -73,9 +74,14 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
         measured.crossprocess = vec![Vec::new(); plan.crossprocess_ks.len()];
     }
 
+    // Wall time per implementation, for the log: what each one adds to a run (CI runs the quick
+    // one on every submission).
+    let mut spent = [Duration::ZERO; KINDS];
+    let mut crossprocess_spent = Duration::ZERO;
     eprintln!("warm-up");
     probe.ping_samples(plan.ping_per_round).await?;
     for (subject, kind) in subjects.iter().zip(Kind::ALL) {
+        let block = Instant::now();
         uncontended::latencies(subject, "warm", plan.warmup_sections).await?;
         throughput::sections(
             subject,
@@ -84,8 +90,9 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
             plan.warmup_throughput,
         )
         .await?;
-        probe.flush().await?;
         if !Kind::CONTENDERS.contains(&kind) {
+            spent[kind.index()] += block.elapsed();
+            probe.flush().await?;
             continue;
         }
         // Contention too: a lazily opened connection (ours: the subscriber) is start-up cost.
@@ -97,15 +104,18 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
             plan.handoff_hold,
         )
         .await?;
+        spent[kind.index()] += block.elapsed();
         probe.flush().await?;
     }
 
     eprintln!("scenario 1: commands per critical section (MONITOR)");
     for kind in Kind::ALL {
+        let block = Instant::now();
         let counted =
             uncontended::commands_per_section(probe, url, kind, "count", plan.counted_sections)
                 .await?;
         out.kinds[kind.index()].commands_per_section = Some(counted);
+        spent[kind.index()] += block.elapsed();
         probe.flush().await?;
     }
 
@@ -118,6 +128,7 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
             .extend(probe.empty_script_pairs(plan.ping_per_round).await?);
 
         for kind in order(&Kind::ALL, round) {
+            let block = Instant::now();
             let samples = uncontended::latencies(
                 &subjects[kind.index()],
                 &tag("1"),
@@ -125,10 +136,12 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
             )
             .await?;
             out.kinds[kind.index()].uncontended.extend(samples);
+            spent[kind.index()] += block.elapsed();
             probe.flush().await?;
         }
 
         for kind in order(&Kind::ALL, round + 1) {
+            let block = Instant::now();
             let cpu_before = probe.server_cpu().await?;
             let sections = throughput::sections(
                 &subjects[kind.index()],
@@ -143,11 +156,13 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
             // Includes the tasks' last sections after the deadline and their stop: at most one
             // section per task more than counted.
             measured.throughput_server_cpu += probe.server_cpu().await? - cpu_before;
+            spent[kind.index()] += block.elapsed();
             probe.flush().await?;
         }
 
         for (i, &k) in plan.handoff_ks.iter().enumerate() {
             for kind in order(&Kind::CONTENDERS, round + 2 + i) {
+                let block = Instant::now();
                 let samples = handoff::latencies(
                     &subjects[kind.index()],
                     &tag(&format!("3-{k}")),
@@ -157,19 +172,23 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
                 )
                 .await?;
                 out.kinds[kind.index()].handoff[i].extend(samples);
+                spent[kind.index()] += block.elapsed();
                 probe.flush().await?;
             }
         }
 
         for kind in order(&Kind::CONTENDERS, round + 3) {
+            let block = Instant::now();
             let took = all_served::duration(url, kind, &tag("5"), plan.waiters, plan.served_settle)
                 .await?;
             out.kinds[kind.index()].all_served.push(took);
+            spent[kind.index()] += block.elapsed();
             probe.flush().await?;
         }
 
         for (i, &k) in plan.crossprocess_ks.iter().enumerate() {
             for kind in order(&Kind::CONTENDERS, round + 7 + i) {
+                let block = Instant::now();
                 let samples = crossprocess::latencies(
                     url,
                     kind,
@@ -180,6 +199,8 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
                 )
                 .await?;
                 out.kinds[kind.index()].crossprocess[i].extend(samples);
+                spent[kind.index()] += block.elapsed();
+                crossprocess_spent += block.elapsed();
                 probe.flush().await?;
             }
         }
@@ -188,6 +209,7 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
         if round == 0 {
             eprintln!("scenario 4: waiting load (MONITOR)");
             for kind in order(&Kind::CONTENDERS, round + 4) {
+                let block = Instant::now();
                 let load = waiting_load::measure(
                     probe,
                     url,
@@ -199,12 +221,14 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
                 )
                 .await?;
                 out.kinds[kind.index()].waiting_load = Some(load);
+                spent[kind.index()] += block.elapsed();
                 probe.flush().await?;
             }
         }
         if round == 1 % plan.rounds {
             eprintln!("scenario 6: starvation");
             for kind in order(&Kind::CONTENDERS, round + 5) {
+                let block = Instant::now();
                 let starved = starvation::measure(
                     &subjects[kind.index()],
                     &tag("6"),
@@ -213,12 +237,14 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
                 )
                 .await?;
                 out.kinds[kind.index()].starvation = Some(starved);
+                spent[kind.index()] += block.elapsed();
                 probe.flush().await?;
             }
         }
         if round + 1 == plan.rounds {
             eprintln!("scenario 7: {} waiters in one process", plan.scale_tasks);
             for kind in order(&Kind::CONTENDERS, round + 6) {
+                let block = Instant::now();
                 let scale = scale::measure(
                     probe,
                     url,
@@ -229,10 +255,20 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
                 )
                 .await?;
                 out.kinds[kind.index()].scale = Some(scale);
+                spent[kind.index()] += block.elapsed();
                 probe.flush().await?;
             }
         }
     }
+    let spent: Vec<String> = Kind::ALL
+        .iter()
+        .map(|kind| format!("{} {:.1} s", kind.name(), spent[kind.index()].as_secs_f64()))
+        .collect();
+    eprintln!(
+        "time in blocks: {} (of which scenario 8: {:.1} s)",
+        spent.join(", "),
+        crossprocess_spent.as_secs_f64()
+    );
     Ok(out)
 }
 
