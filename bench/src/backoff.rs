@@ -41,3 +41,48 @@ where
         step = (step * 2).min(MAX_PAUSE);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use distributed_lock_core::error::LockError;
+    use distributed_lock_core::traits::{DistributedLock, LockHandle, LockProvider};
+
+    use crate::server::RedisServer;
+
+    /// Far longer than one `SET NX` on loopback, far shorter than the timeout asked for.
+    const AT_ONCE: Duration = Duration::from_secs(1);
+    const ASKED: Duration = Duration::from_secs(10);
+
+    /// Why the retry loop exists: distributed-lock's `acquire(timeout)` on one server gives up
+    /// at once when the key is held, whatever the timeout.
+    #[tokio::test]
+    async fn distributed_lock_acquire_does_not_wait_on_one_server() {
+        let server = RedisServer::start().await.unwrap();
+        let provider = distributed_lock_redis::RedisLockProvider::builder()
+            .url(server.url())
+            .build()
+            .await
+            .unwrap();
+        let held = provider
+            .create_lock("k")
+            .try_acquire()
+            .await
+            .unwrap()
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let second = provider.create_lock("k").acquire(Some(ASKED)).await;
+        assert!(
+            matches!(second, Err(LockError::Timeout(_))),
+            "{:?}",
+            second.err()
+        );
+        assert!(
+            started.elapsed() < AT_ONCE,
+            "waited {:?}",
+            started.elapsed()
+        );
+        held.release().await.unwrap();
+    }
+}
