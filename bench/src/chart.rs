@@ -8,10 +8,10 @@ use plotters::prelude::*;
 
 use crate::subject::{KINDS, Kind};
 
-const WIDTH: u32 = 1200;
+const WIDTH: u32 = 1500;
 const HEIGHT: u32 = 460;
 /// The latency panel's share of the width.
-const LATENCY_WIDTH: u32 = 640;
+const LATENCY_WIDTH: u32 = 940;
 /// Indexed by [`Kind::index`]; the floor, a reference, in a light grey.
 const COLORS: [RGBColor; KINDS] = [
     RGBColor(0x1f, 0x77, 0xb4),
@@ -20,6 +20,8 @@ const COLORS: [RGBColor; KINDS] = [
     RGBColor(0xff, 0x7f, 0x0e),
     RGBColor(0xc7, 0xc7, 0xc7),
 ];
+/// A bar's value label: small enough that five bars' labels side by side do not overlap.
+const VALUE_FONT: (&str, u32) = ("sans-serif", 9);
 /// Of each group's width, the part its bars take.
 const BARS_WIDTH: f64 = 0.8;
 
@@ -122,7 +124,7 @@ fn bars<DB: DrawingBackend>(
                 if v == 0.0 {
                     // Nothing to draw on a log axis: say it.
                     chart
-                        .draw_series([Text::new("0", (l, floor * 1.15), ("sans-serif", 11))])
+                        .draw_series([Text::new("0", (l, floor * 1.15), VALUE_FONT)])
                         .map_err(plot_error)?;
                     continue;
                 }
@@ -133,7 +135,7 @@ fn bars<DB: DrawingBackend>(
                     .draw_series([Rectangle::new([(l, floor), (r, v)], COLORS[i].filled())])
                     .map_err(plot_error)?;
                 chart
-                    .draw_series([Text::new(short(v), (l, v * 1.15), ("sans-serif", 11))])
+                    .draw_series([Text::new(short(v), (l, v * 1.15), VALUE_FONT)])
                     .map_err(plot_error)?;
             }
         }
@@ -173,11 +175,7 @@ fn bars<DB: DrawingBackend>(
                     .draw_series([Rectangle::new([(l, 0.0), (r, v)], COLORS[i].filled())])
                     .map_err(plot_error)?;
                 chart
-                    .draw_series([Text::new(
-                        short(v),
-                        (l, v + ceiling * 0.02),
-                        ("sans-serif", 11),
-                    )])
+                    .draw_series([Text::new(short(v), (l, v + ceiling * 0.02), VALUE_FONT)])
                     .map_err(plot_error)?;
             }
         }

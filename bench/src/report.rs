@@ -362,7 +362,7 @@ impl Report {
                 values: tail.map(num),
                 met: "-".into(),
             });
-            crossprocess_medians.push((format!("{k} processes"), med));
+            crossprocess_medians.push((format!("cross-process K={k}"), med));
             crossprocess_json.push(json!({
                 "k": k,
                 "summaries_us": s,
