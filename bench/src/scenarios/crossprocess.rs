@@ -137,15 +137,16 @@ pub async fn latencies(
     drop(events);
 
     let outcome = drive(&mut workers, &mut inbox, kind, duration).await;
-    for reader in &readers {
-        reader.abort();
-    }
-    // Workers may be inside `acquire()` and would wait out their whole wait: stop them.
+    // Workers may be inside `acquire()` and would wait out their whole wait: stop them, before
+    // their output is closed (a worker printing into a closed pipe fails loudly).
     for worker in &mut workers {
         let _ = worker.child.start_kill();
     }
     for worker in &mut workers {
         let _ = worker.child.wait().await;
+    }
+    for reader in &readers {
+        reader.abort();
     }
     Ok(handoffs(outcome?))
 }
