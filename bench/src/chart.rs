@@ -6,26 +6,31 @@ use std::path::Path;
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
-use crate::subject::Kind;
+use crate::subject::{KINDS, Kind};
 
-const WIDTH: u32 = 1200;
+const WIDTH: u32 = 1500;
 const HEIGHT: u32 = 460;
 /// The latency panel's share of the width.
-const LATENCY_WIDTH: u32 = 640;
-const COLORS: [RGBColor; 3] = [
+const LATENCY_WIDTH: u32 = 940;
+/// Indexed by [`Kind::index`]; the floor, a reference, in a light grey.
+const COLORS: [RGBColor; KINDS] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xd6, 0x27, 0x28),
     RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0xc7, 0xc7, 0xc7),
 ];
-/// Of each group's width, the part the three bars take.
+/// A bar's value label: small enough that five bars' labels side by side do not overlap.
+const VALUE_FONT: (&str, u32) = ("sans-serif", 9);
+/// Of each group's width, the part its bars take.
 const BARS_WIDTH: f64 = 0.8;
 
 pub struct ChartData {
     pub ping_us: f64,
     /// (group label, value per implementation) in multiples of PING.
-    pub latency: Vec<(String, [f64; 3])>,
-    pub throughput: [f64; 3],
-    pub waiting_load: [f64; 3],
+    pub latency: Vec<(String, [f64; KINDS])>,
+    pub throughput: [f64; KINDS],
+    pub waiting_load: [f64; KINDS],
 }
 
 pub fn draw(data: &ChartData, path: &Path) -> Result<()> {
@@ -34,7 +39,8 @@ pub fn draw(data: &ChartData, path: &Path) -> Result<()> {
     let (top, body) = root.split_vertically(50);
     top.draw_text(
         &format!(
-            "distlock vs rslock 0.10 vs async-redis-lock 0.4, one run (PING median {:.0} µs)",
+            "distlock vs rslock 0.10 vs async-redis-lock 0.4 vs distributed-lock 0.2, one run \
+             (PING median {:.0} µs)",
             data.ping_us
         ),
         &("sans-serif", 18).into_font().color(&BLACK),
@@ -79,7 +85,7 @@ pub fn draw(data: &ChartData, path: &Path) -> Result<()> {
 fn bars<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
-    groups: &[(String, [f64; 3])],
+    groups: &[(String, [f64; KINDS])],
     log: bool,
 ) -> Result<()> {
     let values = groups.iter().flat_map(|(_, v)| v.iter().copied());
@@ -94,7 +100,7 @@ fn bars<DB: DrawingBackend>(
         .x_label_area_size(40)
         .y_label_area_size(60);
     let label_style = ("sans-serif", 13).into_font().color(&BLACK);
-    let bar_width = BARS_WIDTH / 3.0;
+    let bar_width = BARS_WIDTH / KINDS as f64;
     let bar = |g: usize, i: usize| {
         let left = g as f64 + (1.0 - BARS_WIDTH) / 2.0 + i as f64 * bar_width;
         (left, left + bar_width)
@@ -118,7 +124,7 @@ fn bars<DB: DrawingBackend>(
                 if v == 0.0 {
                     // Nothing to draw on a log axis: say it.
                     chart
-                        .draw_series([Text::new("0", (l, floor * 1.15), ("sans-serif", 11))])
+                        .draw_series([Text::new("0", (l, floor * 1.15), VALUE_FONT)])
                         .map_err(plot_error)?;
                     continue;
                 }
@@ -129,7 +135,7 @@ fn bars<DB: DrawingBackend>(
                     .draw_series([Rectangle::new([(l, floor), (r, v)], COLORS[i].filled())])
                     .map_err(plot_error)?;
                 chart
-                    .draw_series([Text::new(short(v), (l, v * 1.15), ("sans-serif", 11))])
+                    .draw_series([Text::new(short(v), (l, v * 1.15), VALUE_FONT)])
                     .map_err(plot_error)?;
             }
         }
@@ -169,11 +175,7 @@ fn bars<DB: DrawingBackend>(
                     .draw_series([Rectangle::new([(l, 0.0), (r, v)], COLORS[i].filled())])
                     .map_err(plot_error)?;
                 chart
-                    .draw_series([Text::new(
-                        short(v),
-                        (l, v + ceiling * 0.02),
-                        ("sans-serif", 11),
-                    )])
+                    .draw_series([Text::new(short(v), (l, v + ceiling * 0.02), VALUE_FONT)])
                     .map_err(plot_error)?;
             }
         }

@@ -1,13 +1,16 @@
-//! The benchmark of distlock against rslock and async-redis-lock: starts a private
-//! `redis-server`, runs the seven scenarios of issue 6 for the three implementations in rotating
-//! blocks, prints the table, and writes `BENCHMARKS.md`, `results.json` and `chart.svg`.
+//! The benchmark of distlock against rslock, async-redis-lock and distributed-lock, with a
+//! no-fencing floor for reference: starts a private `redis-server`, runs the seven scenarios of
+//! issue 6 and the cross-process handoff of issue 11 in rotating blocks, prints the table, and
+//! writes `BENCHMARKS.md`, `results.json` and `chart.svg`.
 //!
 //! ```sh
-//! cargo run --release --manifest-path bench/Cargo.toml                 # the full run (~1.5 min)
+//! cargo run --release --manifest-path bench/Cargo.toml                 # the full run (a few minutes)
 //! cargo run --release --manifest-path bench/Cargo.toml -- --quick --out /tmp/b   # what CI runs
 //! ```
 
+mod backoff;
 mod chart;
+mod floor;
 mod machine;
 mod monitor;
 mod plan;
@@ -35,6 +38,14 @@ const COMMAND: &str = "cargo run --release --manifest-path bench/Cargo.toml";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(scenarios::crossprocess::WORKER_FLAG) {
+        // One task per worker process, like a replica's one request at a time.
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(scenarios::crossprocess::worker(&args[1..]));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,6 +77,7 @@ fn main() -> Result<()> {
 }
 
 async fn run(plan: Plan, out: PathBuf, command: String) -> Result<()> {
+    let started = std::time::Instant::now();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let server = RedisServer::start().await?;
     let url = server.url();
@@ -86,8 +98,9 @@ async fn run(plan: Plan, out: PathBuf, command: String) -> Result<()> {
     )?;
     chart::draw(&report.chart, &out.join("chart.svg"))?;
     eprintln!(
-        "wrote BENCHMARKS.md, results.json and chart.svg to {}",
-        out.display()
+        "wrote BENCHMARKS.md, results.json and chart.svg to {} ({:.0} s in all)",
+        out.display(),
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

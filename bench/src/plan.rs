@@ -5,8 +5,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Plan {
     pub quick: bool,
-    /// Rounds of rotating blocks: each round runs every scenario's block for all three
-    /// implementations, in an order that rotates from round to round.
+    /// Rounds of rotating blocks: each round runs every scenario's block for every
+    /// implementation, in an order that rotates from round to round.
     pub rounds: usize,
     pub ping_per_round: usize,
     pub warmup_sections: usize,
@@ -40,6 +40,9 @@ pub struct Plan {
     pub scale_tasks: usize,
     /// Scenario 7: measure this long after the last waiter started.
     pub scale_settle: Duration,
+    /// Scenario 8: worker processes per block (one task each), and how long a block runs.
+    pub crossprocess_ks: Vec<usize>,
+    pub crossprocess_block: Duration,
 }
 
 impl Plan {
@@ -65,6 +68,8 @@ impl Plan {
             starvation_time: Duration::from_secs(3),
             scale_tasks: 10_000,
             scale_settle: Duration::from_secs(3),
+            crossprocess_ks: vec![2, 8],
+            crossprocess_block: Duration::from_secs(1),
         }
     }
 
@@ -90,6 +95,8 @@ impl Plan {
             starvation_time: Duration::from_millis(500),
             scale_tasks: 1_000,
             scale_settle: Duration::from_millis(500),
+            crossprocess_ks: vec![4],
+            crossprocess_block: Duration::from_millis(500),
         }
     }
 }

@@ -1,8 +1,10 @@
-//! The seven scenarios, and the schedule that runs them: a warm-up, then rounds in which every
+//! The eight scenarios, and the schedule that runs them: a warm-up, then rounds in which every
 //! scenario runs one block per implementation, in an order that rotates from round to round, so
-//! a noisy moment of the machine does not land on one implementation only.
+//! a noisy moment of the machine does not land on one implementation only. The floor runs
+//! scenarios 1 and 2 only: it is the cost of an owner-checked lock, not a way of waiting.
 
 pub mod all_served;
+pub mod crossprocess;
 pub mod handoff;
 pub mod scale;
 pub mod starvation;
@@ -14,10 +16,11 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::plan::Plan;
 use crate::probe::Probe;
-use crate::subject::{Kind, Subject, WAIT};
+use crate::subject::{KINDS, Kind, Subject, WAIT};
 use scale::Scale;
 use starvation::Starvation;
 use waiting_load::WaitingLoad;
@@ -37,6 +40,8 @@ pub struct Measured {
     pub all_served: Vec<Duration>,
     pub starvation: Option<Starvation>,
     pub scale: Option<Scale>,
+    /// Scenario 8, per K of the plan, in its order.
+    pub crossprocess: Vec<Vec<Duration>>,
 }
 
 pub struct Measurements {
@@ -44,14 +49,14 @@ pub struct Measurements {
     /// Two calls of an empty script per sample, on the PING connection.
     pub empty_scripts: Vec<Duration>,
     /// Indexed by [`Kind::index`].
-    pub kinds: [Measured; 3],
+    pub kinds: [Measured; KINDS],
 }
 
-/// The three implementations, rotated left by `shift`.
-fn order(shift: usize) -> [Kind; 3] {
-    let mut kinds = Kind::ALL;
-    kinds.rotate_left(shift % Kind::ALL.len());
-    kinds
+/// `kinds` rotated left by `shift`.
+fn order(kinds: &[Kind], shift: usize) -> Vec<Kind> {
+    let mut rotated = kinds.to_vec();
+    rotated.rotate_left(shift % kinds.len());
+    rotated
 }
 
 pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> {
@@ -66,11 +71,17 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
     };
     for measured in &mut out.kinds {
         measured.handoff = vec![Vec::new(); plan.handoff_ks.len()];
+        measured.crossprocess = vec![Vec::new(); plan.crossprocess_ks.len()];
     }
 
+    // Wall time per implementation, for the log: what each one adds to a run (CI runs the quick
+    // one on every submission).
+    let mut spent = [Duration::ZERO; KINDS];
+    let mut crossprocess_spent = Duration::ZERO;
     eprintln!("warm-up");
     probe.ping_samples(plan.ping_per_round).await?;
-    for subject in &subjects {
+    for (subject, kind) in subjects.iter().zip(Kind::ALL) {
+        let block = Instant::now();
         uncontended::latencies(subject, "warm", plan.warmup_sections).await?;
         throughput::sections(
             subject,
@@ -79,6 +90,11 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
             plan.warmup_throughput,
         )
         .await?;
+        if !Kind::CONTENDERS.contains(&kind) {
+            spent[kind.index()] += block.elapsed();
+            probe.flush().await?;
+            continue;
+        }
         // Contention too: a lazily opened connection (ours: the subscriber) is start-up cost.
         handoff::latencies(
             subject,
@@ -88,15 +104,18 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
             plan.handoff_hold,
         )
         .await?;
+        spent[kind.index()] += block.elapsed();
         probe.flush().await?;
     }
 
     eprintln!("scenario 1: commands per critical section (MONITOR)");
     for kind in Kind::ALL {
+        let block = Instant::now();
         let counted =
             uncontended::commands_per_section(probe, url, kind, "count", plan.counted_sections)
                 .await?;
         out.kinds[kind.index()].commands_per_section = Some(counted);
+        spent[kind.index()] += block.elapsed();
         probe.flush().await?;
     }
 
@@ -108,7 +127,8 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
         out.empty_scripts
             .extend(probe.empty_script_pairs(plan.ping_per_round).await?);
 
-        for kind in order(round) {
+        for kind in order(&Kind::ALL, round) {
+            let block = Instant::now();
             let samples = uncontended::latencies(
                 &subjects[kind.index()],
                 &tag("1"),
@@ -116,10 +136,12 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
             )
             .await?;
             out.kinds[kind.index()].uncontended.extend(samples);
+            spent[kind.index()] += block.elapsed();
             probe.flush().await?;
         }
 
-        for kind in order(round + 1) {
+        for kind in order(&Kind::ALL, round + 1) {
+            let block = Instant::now();
             let cpu_before = probe.server_cpu().await?;
             let sections = throughput::sections(
                 &subjects[kind.index()],
@@ -134,11 +156,13 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
             // Includes the tasks' last sections after the deadline and their stop: at most one
             // section per task more than counted.
             measured.throughput_server_cpu += probe.server_cpu().await? - cpu_before;
+            spent[kind.index()] += block.elapsed();
             probe.flush().await?;
         }
 
         for (i, &k) in plan.handoff_ks.iter().enumerate() {
-            for kind in order(round + 2 + i) {
+            for kind in order(&Kind::CONTENDERS, round + 2 + i) {
+                let block = Instant::now();
                 let samples = handoff::latencies(
                     &subjects[kind.index()],
                     &tag(&format!("3-{k}")),
@@ -148,21 +172,44 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
                 )
                 .await?;
                 out.kinds[kind.index()].handoff[i].extend(samples);
+                spent[kind.index()] += block.elapsed();
                 probe.flush().await?;
             }
         }
 
-        for kind in order(round + 3) {
+        for kind in order(&Kind::CONTENDERS, round + 3) {
+            let block = Instant::now();
             let took = all_served::duration(url, kind, &tag("5"), plan.waiters, plan.served_settle)
                 .await?;
             out.kinds[kind.index()].all_served.push(took);
+            spent[kind.index()] += block.elapsed();
             probe.flush().await?;
+        }
+
+        for (i, &k) in plan.crossprocess_ks.iter().enumerate() {
+            for kind in order(&Kind::CONTENDERS, round + 7 + i) {
+                let block = Instant::now();
+                let samples = crossprocess::latencies(
+                    url,
+                    kind,
+                    &tag(&format!("8-{k}")),
+                    k,
+                    plan.crossprocess_block,
+                    plan.handoff_hold,
+                )
+                .await?;
+                out.kinds[kind.index()].crossprocess[i].extend(samples);
+                spent[kind.index()] += block.elapsed();
+                crossprocess_spent += block.elapsed();
+                probe.flush().await?;
+            }
         }
 
         // The single-block scenarios, spread over the rounds.
         if round == 0 {
             eprintln!("scenario 4: waiting load (MONITOR)");
-            for kind in order(round + 4) {
+            for kind in order(&Kind::CONTENDERS, round + 4) {
+                let block = Instant::now();
                 let load = waiting_load::measure(
                     probe,
                     url,
@@ -174,12 +221,14 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
                 )
                 .await?;
                 out.kinds[kind.index()].waiting_load = Some(load);
+                spent[kind.index()] += block.elapsed();
                 probe.flush().await?;
             }
         }
         if round == 1 % plan.rounds {
             eprintln!("scenario 6: starvation");
-            for kind in order(round + 5) {
+            for kind in order(&Kind::CONTENDERS, round + 5) {
+                let block = Instant::now();
                 let starved = starvation::measure(
                     &subjects[kind.index()],
                     &tag("6"),
@@ -188,12 +237,14 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
                 )
                 .await?;
                 out.kinds[kind.index()].starvation = Some(starved);
+                spent[kind.index()] += block.elapsed();
                 probe.flush().await?;
             }
         }
         if round + 1 == plan.rounds {
             eprintln!("scenario 7: {} waiters in one process", plan.scale_tasks);
-            for kind in order(round + 6) {
+            for kind in order(&Kind::CONTENDERS, round + 6) {
+                let block = Instant::now();
                 let scale = scale::measure(
                     probe,
                     url,
@@ -204,10 +255,20 @@ pub async fn run(plan: &Plan, probe: &Probe, url: &str) -> Result<Measurements> 
                 )
                 .await?;
                 out.kinds[kind.index()].scale = Some(scale);
+                spent[kind.index()] += block.elapsed();
                 probe.flush().await?;
             }
         }
     }
+    let spent: Vec<String> = Kind::ALL
+        .iter()
+        .map(|kind| format!("{} {:.1} s", kind.name(), spent[kind.index()].as_secs_f64()))
+        .collect();
+    eprintln!(
+        "time in blocks: {} (of which scenario 8: {:.1} s)",
+        spent.join(", "),
+        crossprocess_spent.as_secs_f64()
+    );
     Ok(out)
 }
 
