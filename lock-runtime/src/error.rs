@@ -104,10 +104,14 @@ pub struct BackendError {
 #[derive(Debug)]
 enum Kind {
     Redis(redis::RedisError),
-    Timeout { after: Duration, what: &'static str },
+    Timeout {
+        after: Duration,
+        what: &'static str,
+    },
     Random(getrandom::Error),
     NotALock(String),
-    Refused(String),
+    /// The message, and the server's own error when there is one (its code, its source).
+    Refused(String, Option<Box<BackendError>>),
     UnexpectedReply(String),
 }
 
@@ -143,9 +147,9 @@ impl BackendError {
 
     /// The server refuses something every lock needs: a connection (`maxclients`), the scripts
     /// or the wake-up channels (ACL). The message quotes the server and says how to grant it.
-    pub(crate) fn refused(message: String) -> Self {
+    pub(crate) fn refused(message: String, cause: Option<BackendError>) -> Self {
         BackendError {
-            kind: Kind::Refused(message),
+            kind: Kind::Refused(message, cause.map(Box::new)),
         }
     }
 
@@ -182,7 +186,7 @@ impl BackendError {
     /// by themselves (`LOADING`, `READONLY` during a failover).
     pub fn is_server_refusal(&self) -> bool {
         match &self.kind {
-            Kind::Refused(_) => true,
+            Kind::Refused(..) => true,
             Kind::Redis(e) => {
                 matches!(
                     e.kind(),
@@ -200,6 +204,7 @@ impl BackendError {
     pub fn server_code(&self) -> Option<&str> {
         match &self.kind {
             Kind::Redis(e) => e.code(),
+            Kind::Refused(_, Some(cause)) => cause.server_code(),
             _ => None,
         }
     }
@@ -219,7 +224,7 @@ impl fmt::Display for BackendError {
                  it has no expiry), so it may never be released; delete it if it is stale, or give \
                  the locker another key prefix"
             ),
-            Kind::Refused(message) => f.write_str(message),
+            Kind::Refused(message, _) => f.write_str(message),
             Kind::UnexpectedReply(what) => write!(f, "unexpected reply from the server: {what}"),
         }
     }
@@ -230,9 +235,10 @@ impl std::error::Error for BackendError {
         match &self.kind {
             Kind::Redis(e) => Some(e),
             Kind::Random(e) => Some(e),
+            Kind::Refused(_, Some(cause)) => cause.source(),
             Kind::Timeout { .. }
             | Kind::NotALock(_)
-            | Kind::Refused(_)
+            | Kind::Refused(_, None)
             | Kind::UnexpectedReply(_) => None,
         }
     }

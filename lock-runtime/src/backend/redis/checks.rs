@@ -39,10 +39,13 @@ pub(super) async fn connection_refused(
     if error.code().is_none()
         && let Some(reason) = refusal(client).await
     {
-        return BackendError::refused(format!(
-            "the server refused the {what}: {}",
-            refused_connection_text(&reason)
-        ));
+        return BackendError::refused(
+            format!(
+                "the server refused the {what}: {}",
+                refused_connection_text(&reason)
+            ),
+            Some(BackendError::redis(error)),
+        );
     }
     BackendError::redis(error)
 }
@@ -137,9 +140,8 @@ fn refused(error: BackendError, needs: &str, grant: &str) -> BackendError {
     if error.server_code().is_none() {
         return error;
     }
-    BackendError::refused(format!(
-        "the Redis user may not {needs}: the server says \"{error}\"; {grant}"
-    ))
+    let message = format!("the Redis user may not {needs}: the server says \"{error}\"; {grant}");
+    BackendError::refused(message, Some(error))
 }
 
 /// Logs at WARN when the server's `maxmemory-policy` can evict lock keys. Without the right to
