@@ -113,11 +113,18 @@ impl LockArgs {
     }
 
     async fn plain_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        // redis-rs answers Io after 500 ms by default: a loaded 2-core CI machine stalls that long
+        // now and then, which is not what the suite tests. The lock has its own timeouts.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(COUNTER_RESPONSE_TIMEOUT));
         redis::Client::open(self.url.as_str())?
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
     }
 }
+
+/// How long the counter's GET or SET may take (the counter is the suite's store, not the lock).
+const COUNTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Args)]
 struct RunArgs {
