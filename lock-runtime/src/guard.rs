@@ -11,8 +11,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::Released;
 use crate::context;
+use crate::engine::Released;
 use crate::error::{BackendError, LockError};
 use crate::handoff::Handed;
 use crate::locker::LockerInner;
@@ -221,11 +221,11 @@ impl HeldLock {
             _ => None,
         };
         let Some(next) = next else {
-            return locker.backend.release(&self.key, &self.token, keep).await;
+            return locker.engine.release(&self.key, &self.token, keep).await;
         };
         let sent_at = Instant::now();
         let handed = locker
-            .backend
+            .engine
             .hand_over(&self.key, &self.token, &next.token, next.lease)
             .await;
         match handed {

@@ -58,8 +58,8 @@
 //! the first holder's late writes.
 #![warn(missing_docs)]
 
-mod backend;
 mod context;
+mod engine;
 mod error;
 mod guard;
 mod handoff;
@@ -76,11 +76,12 @@ pub mod __private {
 mod expansion;
 
 pub use context::current;
+pub use engine::FALLBACK_RETRY_INTERVAL;
 pub use error::{BackendError, LockError};
 pub use guard::{LockGuard, LockHandle};
 pub use locker::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_HANDOVERS_IN_A_ROW,
-    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SUBSCRIBER_HEALTH_CHECK, DEFAULT_WATCHDOG_LEASE,
-    FALLBACK_RETRY_INTERVAL, Locker, LockerBuilder, MAX_KEY_LEN, default_locker, install,
+    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SUBSCRIBER_HEALTH_CHECK, DEFAULT_WATCHDOG_LEASE, Locker,
+    LockerBuilder, MAX_KEY_LEN, default_locker, install,
 };
 pub use options::{DEFAULT_WAIT, LockOptions, MAX_DURATION, MIN_LEASE};

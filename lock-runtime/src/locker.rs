@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::memory::MemoryBackend;
-use crate::backend::redis::{RedisBackend, RedisSettings};
-use crate::backend::{Attempt, Backend};
+use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::{RedisEngine, RedisSettings};
+use crate::engine::{Attempt, Engine, FALLBACK_RETRY_INTERVAL};
 use crate::error::{BackendError, LockError};
 use crate::guard::{HeldLock, LeaseEnd, LockGuard};
 use crate::handoff::{Claimed, Queues};
@@ -31,10 +31,6 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// half-open subscriber connection is noticed within twice this; see
 /// [`LockerBuilder::subscriber_health_check`].
 pub const DEFAULT_SUBSCRIBER_HEALTH_CHECK: Duration = Duration::from_secs(1);
-/// How often a waiter asks again while releases cannot reach it (the Redis subscriber
-/// connection is down, stalled, or not yet subscribed): a free lock is then found within this,
-/// never only at the holder's expiry.
-pub const FALLBACK_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// The longest key accepted, in bytes: a longer one is almost surely a value passed by mistake.
 pub const MAX_KEY_LEN: usize = 1024;
 
@@ -69,7 +65,7 @@ pub struct Locker {
 }
 
 pub(crate) struct LockerInner {
-    pub(crate) backend: Backend,
+    pub(crate) engine: Arc<dyn Engine>,
     watchdog_lease: Duration,
     renewal_interval: Duration,
     /// The runtime the locker was made on: Drop of a guard outside any runtime context still
@@ -95,8 +91,8 @@ impl Locker {
     /// An in-process locker with the same semantics (tokens, leases, watchdog, fencing,
     /// reentrancy, wake-ups), for unit tests and single-process applications.
     pub fn in_memory() -> Locker {
-        Locker::from_backend(
-            Backend::Memory(MemoryBackend::default()),
+        Locker::from_engine(
+            Arc::new(MemoryEngine::default()),
             DEFAULT_WATCHDOG_LEASE,
             DEFAULT_WATCHDOG_LEASE / 3,
             DEFAULT_MAX_HANDOVERS_IN_A_ROW,
@@ -127,20 +123,25 @@ impl Locker {
         LockerBuilder::new(Target::Memory)
     }
 
-    fn from_backend(
-        backend: Backend,
+    fn from_engine(
+        engine: Arc<dyn Engine>,
         watchdog_lease: Duration,
         renewal_interval: Duration,
         max_handovers_in_a_row: u32,
     ) -> Self {
         Locker {
             inner: Arc::new(LockerInner {
-                backend,
+                engine: Arc::clone(&engine),
                 watchdog_lease,
                 renewal_interval,
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 queues: Queues::default(),
-                max_handovers_in_a_row,
+                // An engine that cannot hand over gets plain releases only.
+                max_handovers_in_a_row: if engine.supports_hand_over() {
+                    max_handovers_in_a_row
+                } else {
+                    0
+                },
             }),
         }
     }
@@ -221,8 +222,7 @@ impl Locker {
             let fence = (lock.fence, lock.in_a_row);
             Ok(inner.hold(key, lock.token, fence, lock.sent_at, started, options))
         };
-        let Ok(subscription) =
-            tokio::time::timeout_at(deadline, inner.backend.subscribe(key)).await
+        let Ok(subscription) = tokio::time::timeout_at(deadline, inner.engine.subscribe(key)).await
         else {
             return place.try_take().map_or_else(|| Err(not_acquired()), handed);
         };
@@ -286,12 +286,8 @@ impl AsRef<Locker> for Locker {
 
 impl fmt::Debug for Locker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let backend = match self.inner.backend {
-            Backend::Redis(_) => "redis",
-            Backend::Memory(_) => "memory",
-        };
         f.debug_struct("Locker")
-            .field("backend", &backend)
+            .field("backend", &self.inner.engine.name())
             .field("watchdog_lease", &self.inner.watchdog_lease)
             .field("renewal_interval", &self.inner.renewal_interval)
             .finish()
@@ -321,7 +317,7 @@ impl LockerInner {
         // An error (a timeout above all) does not say the script did not run: keep the cleanup
         // armed for it too. Only an answer disarms it.
         let attempt = self
-            .backend
+            .engine
             .try_acquire(key, token, lease)
             .await
             .map_err(|e| LockError::backend(Some(key), e))?;
@@ -346,7 +342,7 @@ impl LockerInner {
         };
         let inner = Arc::clone(self);
         runtime.spawn(async move {
-            if let Err(error) = inner.backend.release(&key, &token, None).await {
+            if let Err(error) = inner.engine.release(&key, &token, None).await {
                 tracing::warn!(key, %error, "clean-up of {of} failed; the lock expires with its lease");
             }
         });
@@ -459,7 +455,7 @@ async fn watchdog(
         // A renewal the network swallowed must not hold the report back past the lease's end:
         // from then on another holder may have the lock.
         let renewed = tokio::select! {
-            renewed = inner.backend.renew(&key, &token, lease) => renewed,
+            renewed = inner.engine.renew(&key, &token, lease) => renewed,
             () = tokio::time::sleep_until(expires) => {
                 HeldLock::mark_lost(
                     &key,
@@ -645,8 +641,8 @@ impl LockerBuilder {
                 )));
             }
         }
-        let backend = match self.target {
-            Target::Memory => Backend::Memory(MemoryBackend::default()),
+        let engine: Arc<dyn Engine> = match self.target {
+            Target::Memory => Arc::new(MemoryEngine::default()),
             Target::Redis(url) => {
                 #[cfg(feature = "tls")]
                 let client = open_client(&url, self.tls_root_certificate)?;
@@ -658,15 +654,15 @@ impl LockerBuilder {
                     response_timeout: self.response_timeout,
                     health_check: self.subscriber_health_check,
                 };
-                Backend::Redis(
-                    RedisBackend::connect(client, settings)
+                Arc::new(
+                    RedisEngine::connect(client, settings)
                         .await
                         .map_err(|e| LockError::backend(None, e))?,
                 )
             }
         };
-        Ok(Locker::from_backend(
-            backend,
+        Ok(Locker::from_engine(
+            engine,
             self.watchdog_lease,
             renewal_interval,
             self.max_handovers_in_a_row,

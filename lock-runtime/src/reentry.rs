@@ -67,7 +67,7 @@ async fn extend(held: &HeldLock, lease: Duration) -> Result<(), LockError> {
     }
     let renewed = held
         .locker
-        .backend
+        .engine
         .renew(&held.key, &held.token, lease)
         .await
         .map_err(|e| LockError::backend(Some(&held.key), e))?;
