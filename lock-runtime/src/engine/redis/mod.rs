@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use super::{Attempt, Engine, Released, Subscription};
 use crate::error::BackendError;
-use crate::locker::lock;
+use crate::mutex::lock;
 
 mod checks;
 mod waiters;

@@ -34,7 +34,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::checks;
 use crate::engine::{FALLBACK_RETRY_INTERVAL, Link, Subscription, Unregister};
-use crate::locker::lock;
+use crate::mutex::lock;
 
 /// First pause before reconnecting a lost subscriber connection; doubles up to the maximum.
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
