@@ -104,19 +104,20 @@ impl Locker {
         renewal_interval: Duration,
         max_handovers_in_a_row: u32,
     ) -> Self {
+        // An engine that cannot hand over gets plain releases only.
+        let max_handovers_in_a_row = if engine.supports_hand_over() {
+            max_handovers_in_a_row
+        } else {
+            0
+        };
         Locker {
             shared: Arc::new(Shared {
-                engine: Arc::clone(&engine),
+                engine,
                 watchdog_lease,
                 renewal_interval,
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 queues: Queues::default(),
-                // An engine that cannot hand over gets plain releases only.
-                max_handovers_in_a_row: if engine.supports_hand_over() {
-                    max_handovers_in_a_row
-                } else {
-                    0
-                },
+                max_handovers_in_a_row,
             }),
         }
     }

@@ -3,16 +3,16 @@
 //! its future is first polled.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use futures_util::future::BoxFuture;
-
 use super::{Attempt, Engine, Released, Subscription, Unregister};
 use crate::error::BackendError;
+use crate::mutex::lock;
 
 struct Entry {
     token: String,
@@ -69,12 +69,6 @@ type WaiterMap = HashMap<String, (Arc<Notify>, usize)>;
 pub(crate) struct MemoryEngine {
     state: Mutex<State>,
     waiters: Arc<Mutex<WaiterMap>>,
-}
-
-/// A poisoned lock only means another thread panicked while holding it; every update below
-/// leaves the maps consistent at each step, so carry on with the data.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl MemoryEngine {

@@ -26,8 +26,11 @@
 //!   docs, and under which assumption).
 //! - **No key outlives its lock** by more than a bounded time the engine documents: nothing
 //!   per name stays behind once a lock is released or has expired.
-//! - **Leases are upper bounds**: a lock taken or renewed with `lease` expires at most `lease`
-//!   after the request was sent, unless renewed; a waiter is told the remaining time (`Busy`).
+//! - **Leases are kept whole, and no longer**: a lock taken, handed over or renewed with `lease`
+//!   stays its owner's for `lease` from when the step is applied (the runtime counts it from when
+//!   it sent the request, less a drift allowance, so the holder's view ends first), and expires
+//!   then unless renewed, so a crashed holder keeps nobody out for longer. `Busy` tells a waiter
+//!   the time that remains.
 //! - **Cancel-safety**: a future dropped before its first poll does nothing; dropped later, the
 //!   step may or may not have been applied (like a request that got no answer). The runtime
 //!   copes with either: it cleans up a possibly taken lock with an owner-checked release under
