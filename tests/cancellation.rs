@@ -1,6 +1,7 @@
 //! Every public future is cancel-safe. Each of `acquire` (free and contended), `release`, a
 //! release that hands the lock to a waiting task, and an annotated fn is dropped after its k-th
-//! poll, for k = 1, 2, ... until it completes within k polls, on both backends. After each drop:
+//! poll, for k = 1, 2, ... until it completes within k polls, on every engine of the conformance
+//! suite (`conformance!`, tests/support/fixture.rs). After each drop:
 //! (a) no lock is held beyond the background release bound, (b) no lock is handed to nobody (a
 //! queued waiter of the same locker gets it promptly), (c) no task is left running.
 
@@ -515,7 +516,7 @@ async fn a_dropped_annotated_call_leaves_nothing_behind(fx: Fixture) {
     }
 }
 
-both_backends!(
+conformance!(
     a_dropped_acquire_of_a_free_lock_leaves_nothing_behind,
     a_dropped_contended_acquire_leaves_nothing_behind,
     a_dropped_release_still_releases,

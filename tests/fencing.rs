@@ -282,16 +282,15 @@ async fn a_hand_over_never_gives_a_number_below_the_givers() {
     let ahead: i64 = 4_000_000_000_000_000;
     let value = format!("{giver}:{ahead}");
     run(&mut conn, &["SET", "lock:{k}", &value, "PX", "30000"]).await;
-    let reply: Vec<i64> = redis::Script::new(include_str!(
-        "../lock-runtime/src/backend/redis/acquire.lua"
-    ))
-    .key("lock:{k}")
-    .arg(taker)
-    .arg(30_000)
-    .arg(giver)
-    .invoke_async(&mut conn)
-    .await
-    .expect("the acquire script in hand-over mode");
+    let reply: Vec<i64> =
+        redis::Script::new(include_str!("../lock-runtime/src/engine/redis/acquire.lua"))
+            .key("lock:{k}")
+            .arg(taker)
+            .arg(30_000)
+            .arg(giver)
+            .invoke_async(&mut conn)
+            .await
+            .expect("the acquire script in hand-over mode");
     assert_eq!(reply, [1, ahead + 1]);
     let now: String = redis::cmd("GET")
         .arg("lock:{k}")

@@ -116,19 +116,18 @@ async fn a_release_with_another_token_changes_nothing() {
         .unwrap();
     let mut conn = server.client().await;
     // The release script, run as a non-owner would run it.
-    let released: i64 = redis::Script::new(include_str!(
-        "../lock-runtime/src/backend/redis/release.lua"
-    ))
-    .key("lock:{owned}")
-    .arg("00000000000000000000000000000000")
-    .arg(0)
-    .arg("lock:{owned}:released")
-    .invoke_async(&mut conn)
-    .await
-    .unwrap();
+    let released: i64 =
+        redis::Script::new(include_str!("../lock-runtime/src/engine/redis/release.lua"))
+            .key("lock:{owned}")
+            .arg("00000000000000000000000000000000")
+            .arg(0)
+            .arg("lock:{owned}:released")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(released, 0);
     let renewed: i64 =
-        redis::Script::new(include_str!("../lock-runtime/src/backend/redis/renew.lua"))
+        redis::Script::new(include_str!("../lock-runtime/src/engine/redis/renew.lua"))
             .key("lock:{owned}")
             .arg("00000000000000000000000000000000")
             .arg(999_999)

@@ -1,4 +1,6 @@
-//! The runtime's behaviour, run against a real redis-server AND the in-memory backend.
+//! The runtime's behaviour, run against a real redis-server AND the in-memory backend. The
+//! behaviours listed in `conformance!` at the end are part of the conformance suite that every
+//! engine must pass (see tests/support/fixture.rs).
 
 mod support;
 
@@ -878,7 +880,7 @@ async fn wait_until_subscribed(fx: &Fixture, key: &str) {
     }
 }
 
-both_backends!(
+conformance!(
     counter_is_exact_under_the_lock_and_loses_updates_without_it,
     an_elapsed_wait_is_not_acquired_close_to_the_wait,
     wait_zero_tries_once,

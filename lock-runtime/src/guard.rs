@@ -1,262 +1,15 @@
-//! `LockGuard`: proof of holding a lock, with its fencing number, its lease keeper (watchdog or
-//! expiry timer), its lost signal, and release (explicit, or in the background on Drop).
+//! The holder's view: `LockGuard`, proof of holding a lock (its fencing number, its lost signal,
+//! its scope, its release, explicit or in the background on Drop), and `LockHandle`, a read-only
+//! view of it. The acquisition's state is `shared::held`; the release itself, `protocol::release`.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
-use crate::backend::Released;
-use crate::context;
-use crate::error::{BackendError, LockError};
-use crate::handoff::Handed;
-use crate::locker::LockerInner;
-use crate::run_to_end::RunToEnd;
-
-/// The shared state of one acquisition in Redis. The guards of calls nested in its scope that
-/// re-entered it share it.
-pub(crate) struct HeldLock {
-    pub(crate) locker: Arc<LockerInner>,
-    pub(crate) key: String,
-    pub(crate) token: String,
-    pub(crate) fence: u64,
-    /// When `acquire` returned.
-    pub(crate) acquired_at: Instant,
-    /// The fixed lease it was taken with; `None`: the watchdog keeps it.
-    pub(crate) lease: Option<Duration>,
-    /// Until when a release keeps the lock instead of deleting it: the latest end any of its
-    /// guards asked for with `hold_at_least`.
-    pub(crate) hold_until: Mutex<Option<Instant>>,
-    /// How many guards of this acquisition are alive: only the last one releases it.
-    pub(crate) guards: AtomicUsize,
-    /// Taken while a re-entry extends the fixed lease, so that a shorter extension answered
-    /// later never moves the lease end past what the server was last told.
-    pub(crate) extending: tokio::sync::Mutex<()>,
-    /// How many hand-overs in a row led to this holder (0: it took the lock free).
-    pub(crate) handovers_in_a_row: u32,
-    /// Cancelled when the lease is lost. Never cancelled by a release.
-    pub(crate) lost: CancellationToken,
-    /// Where the lease ends by this client's clock (counted from when the acquire, or the last
-    /// successful renewal, was sent: never later than the server's end). Fixed for a fixed
-    /// lease, moved by the watchdog. `is_lost`, `lost()` and release compare against it, so a
-    /// holder that was paused past it knows at its first look, before any task has run.
-    pub(crate) lease_end: Arc<LeaseEnd>,
-    /// The watchdog (watchdog mode only).
-    pub(crate) keeper: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// Clocks drift and timers fire late: a client takes its lease as over this much before the
-/// server will (Redlock's allowance: 1 % of the lease plus 2 ms), so that a holder is told of the
-/// loss before another client can take the lock, not at the same moment.
-pub(crate) fn drift_allowance(lease: Duration) -> Duration {
-    lease / 100 + Duration::from_millis(2)
-}
-
-/// The end of a lease by the client's clock, readable without a lock and moved by the watchdog.
-pub(crate) struct LeaseEnd {
-    base: Instant,
-    /// Nanoseconds after `base`.
-    after_base: AtomicU64,
-}
-
-impl LeaseEnd {
-    pub(crate) fn new(end: Instant) -> Self {
-        LeaseEnd {
-            base: end,
-            after_base: AtomicU64::new(0),
-        }
-    }
-
-    /// The end, by this client's clock, of a lease whose request was sent at `sent`.
-    pub(crate) fn of(sent: Instant, lease: Duration) -> Instant {
-        sent + lease.saturating_sub(drift_allowance(lease))
-    }
-
-    pub(crate) fn get(&self) -> Instant {
-        self.base + Duration::from_nanos(self.after_base.load(Ordering::Acquire))
-    }
-
-    /// Moves the end (never before the first one: a renewal only ever extends).
-    pub(crate) fn set(&self, end: Instant) {
-        let after = end.saturating_duration_since(self.base).as_nanos();
-        self.after_base
-            .store(u64::try_from(after).unwrap_or(u64::MAX), Ordering::Release);
-    }
-}
-
-impl HeldLock {
-    /// True once the lease is known lost: reported by the watchdog or a release, or its end by
-    /// this client's clock has passed (marked, and logged, the first time it is seen).
-    pub(crate) fn is_lost(&self) -> bool {
-        if self.lost.is_cancelled() {
-            return true;
-        }
-        if Instant::now() >= self.lease_end.get() {
-            Self::mark_lost(
-                &self.key,
-                self.fence,
-                &self.lost,
-                "the lease ran out before release (by this client's clock)",
-            );
-            return true;
-        }
-        false
-    }
-
-    /// Resolves when the lease is lost.
-    pub(crate) fn lost(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
-        let held = Arc::clone(self);
-        async move {
-            // The end may move (a renewal) while we sleep: look again when it is reached.
-            while !held.is_lost() {
-                tokio::select! {
-                    () = held.lost.cancelled() => {}
-                    () = tokio::time::sleep_until(held.lease_end.get()) => {}
-                }
-            }
-        }
-    }
-
-    /// Marks the lease lost (once), logging why.
-    pub(crate) fn mark_lost(key: &str, fence: u64, lost: &CancellationToken, why: &str) {
-        if !lost.is_cancelled() {
-            tracing::warn!(key, fence, reason = why, "lock lease lost");
-            lost.cancel();
-        }
-    }
-
-    /// One more guard of this acquisition, for a call nested in its scope; `None` once its last
-    /// guard has gone (the acquisition is being released).
-    pub(crate) fn enter(self: &Arc<Self>) -> Option<LockGuard> {
-        self.guards
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n > 0).then_some(n + 1)
-            })
-            .ok()?;
-        Some(LockGuard::new(Arc::clone(self)))
-    }
-
-    /// Leaves one guard; true when it was the last, so the caller releases in the backend.
-    pub(crate) fn leave(&self) -> bool {
-        self.guards.fetch_sub(1, Ordering::AcqRel) == 1
-    }
-
-    /// Keeps the lock at release until at least `until` (the later of this and any end asked
-    /// for before).
-    pub(crate) fn hold_until_at_least(&self, until: Instant) {
-        let mut hold_until = self
-            .hold_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *hold_until = Some(hold_until.map_or(until, |earlier| earlier.max(until)));
-    }
-
-    /// Stops the keeper and waits until it has stopped, so no renewal is sent after this returns.
-    /// A release runs this to its end (see `RunToEnd`). Dropped mid-way all the same (its runtime
-    /// shutting down), the keeper is aborted already and never polled again: at most a renewal
-    /// already sent lands late, and a renewal extends only a lock its token still owns.
-    async fn stop_keeper(&self) {
-        let keeper = self
-            .keeper
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(keeper) = keeper {
-            keeper.abort();
-            let _ = keeper.await;
-        }
-    }
-
-    /// The release in the backend, done once by the last guard of this acquisition.
-    pub(crate) async fn release_in_backend(&self) -> Result<(), LockError> {
-        self.stop_keeper().await;
-        let hold_until = *self
-            .hold_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let keep = hold_until
-            .map(|until| until.saturating_duration_since(Instant::now()))
-            .filter(|rest| !rest.is_zero());
-        let released = self
-            .hand_over_or_release(keep)
-            .await
-            .map_err(|e| LockError::backend(Some(&self.key), e))?;
-        match released {
-            Released::Done if !self.is_lost() => {
-                tracing::debug!(
-                    key = %self.key,
-                    fence = self.fence,
-                    held = ?self.acquired_at.elapsed(),
-                    kept_for = ?keep,
-                    "lock released"
-                );
-                Ok(())
-            }
-            Released::Done => Err(self.lease_lost()),
-            Released::NotOwner => {
-                Self::mark_lost(
-                    &self.key,
-                    self.fence,
-                    &self.lost,
-                    "at release the lock had expired or belonged to another holder",
-                );
-                Err(self.lease_lost())
-            }
-        }
-    }
-
-    /// Passes the lock to the next task of this locker that waits for it, if there is one and
-    /// the hand-overs in a row allow; otherwise releases it (or keeps it for `keep`).
-    async fn hand_over_or_release(&self, keep: Option<Duration>) -> Result<Released, BackendError> {
-        let locker = &self.locker;
-        let next = match keep {
-            None if self.handovers_in_a_row < locker.max_handovers_in_a_row => {
-                locker.queues.next_in_line(&self.key)
-            }
-            _ => None,
-        };
-        let Some(next) = next else {
-            return locker.backend.release(&self.key, &self.token, keep).await;
-        };
-        let sent_at = Instant::now();
-        let handed = locker
-            .backend
-            .hand_over(&self.key, &self.token, &next.token, next.lease)
-            .await;
-        match handed {
-            Ok(Some(fence)) => {
-                let in_a_row = self.handovers_in_a_row + 1;
-                tracing::debug!(key = %self.key, fence, in_a_row, "lock handed over to a waiting task");
-                let handed = Handed::new(locker, &self.key, &next.token, fence, sent_at, in_a_row);
-                next.hand(handed);
-                Ok(Released::Done)
-            }
-            // `next` is dropped: its task learns that nothing was handed, and asks again.
-            Ok(None) => Ok(Released::NotOwner),
-            Err(error) => {
-                // No answer: the lock may have passed to `next`, whose task is told nothing was
-                // handed and asks again; so give it up on the task's behalf.
-                locker.release_in_background(
-                    self.key.clone(),
-                    next.token.clone(),
-                    "a hand-over that got no answer",
-                );
-                Err(error)
-            }
-        }
-    }
-
-    fn lease_lost(&self) -> LockError {
-        LockError::LeaseLost {
-            key: self.key.clone(),
-        }
-    }
-}
+use crate::error::LockError;
+use crate::protocol::release;
+use crate::shared::held::{HeldLock, looks_lost};
+use crate::shared::scopes;
 
 /// A held lock. Release it with [`LockGuard::release`] to learn whether the lease held to the
 /// end; dropping it (early return, panic, cancelled future) releases in the background.
@@ -324,7 +77,7 @@ impl LockGuard {
     /// same key through the same [`crate::Locker`] within `fut` re-enters this lock (see
     /// [`crate::Locker::acquire`]).
     pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
-        context::scope(self.handle(), fut).await
+        scopes::scope(Arc::clone(&self.held), fut).await
     }
 
     /// Releases the lock: deletes it in Redis if this is the last guard of its acquisition (the
@@ -347,14 +100,7 @@ impl LockGuard {
         let held = Arc::clone(&self.held);
         drop(self);
         if held.leave() {
-            // Once begun, a release runs to its end even if this future is dropped: stopped
-            // half-way it would leave the lock held to the end of its lease (watchdog stopped, no
-            // script sent), or passed to a waiting task that is never told (hand-over sent, not
-            // delivered).
-            let runtime = held.locker.runtime.clone();
-            let key = held.key.clone();
-            let release = async move { held.release_in_backend().await };
-            RunToEnd::new(release, runtime, &key, "a release").await
+            release::release(held).await
         } else if held.is_lost() {
             Err(held.lease_lost())
         } else {
@@ -369,31 +115,10 @@ impl Drop for LockGuard {
             return;
         }
         let held = Arc::clone(&self.held);
-        if !held.leave() {
-            return;
+        if held.leave() {
+            release::release_dropped(held);
         }
-        // Never block or panic here: hand the release to the runtime. Without a runtime (dropped
-        // after it shut down) the lease's expiry frees the lock.
-        let handle = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| held.locker.runtime.clone());
-        let Some(handle) = handle else {
-            tracing::warn!(key = %held.key, "lock guard dropped outside a runtime; it expires with its lease");
-            return;
-        };
-        tracing::debug!(key = %held.key, fence = held.fence, "lock guard dropped without release; releasing in the background");
-        handle.spawn(async move {
-            if let Err(error) = held.release_in_backend().await {
-                tracing::warn!(key = %held.key, %error, "background release of a dropped lock guard failed");
-            }
-        });
     }
-}
-
-/// Whether the lease is lost, for `Debug`: a pure read that, unlike `is_lost`, neither marks the
-/// loss nor logs it, so that printing a guard never changes what it does next.
-fn looks_lost(held: &HeldLock) -> bool {
-    held.lost.is_cancelled() || Instant::now() >= held.lease_end.get()
 }
 
 impl fmt::Debug for LockGuard {
@@ -413,8 +138,8 @@ pub struct LockHandle {
 }
 
 impl LockHandle {
-    pub(crate) fn held(&self) -> &Arc<HeldLock> {
-        &self.held
+    pub(crate) fn new(held: Arc<HeldLock>) -> Self {
+        LockHandle { held }
     }
 
     /// The key, as given to `acquire`.

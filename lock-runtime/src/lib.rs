@@ -18,7 +18,7 @@
 //! - **acquire**: `TIME`, then `SET P{K} token:now NX PX lease` and return `now`, the server clock
 //!   in microseconds, as the fencing number; else return the holder's `PTTL`. Only then, off the
 //!   uncontended path, a value that is not in this format (someone else wrote it, or it has no
-//!   expiry) is reported as not a lock ([`BackendError::NotALock`]) instead of being waited for;
+//!   expiry) is reported as not a lock (a [`BackendError`] naming it) instead of being waited for;
 //!   a bare token, the value of an earlier version's lock, is waited for (rolling upgrades).
 //! - **release**: if the token part of `GET P{K}` is the caller's: `DEL` (or `PEXPIRE` to what
 //!   remains of `hold_at_least`) and `PUBLISH P{K}:released`. A non-owner changes nothing.
@@ -58,15 +58,16 @@
 //! the first holder's late writes.
 #![warn(missing_docs)]
 
-mod backend;
 mod context;
+mod engine;
 mod error;
 mod guard;
-mod handoff;
 mod locker;
+mod mutex;
 mod options;
-mod reentry;
-mod run_to_end;
+mod protocol;
+mod shared;
+mod token;
 
 #[doc(hidden)]
 pub mod __private {
@@ -76,11 +77,13 @@ pub mod __private {
 mod expansion;
 
 pub use context::current;
+pub use engine::FALLBACK_RETRY_INTERVAL;
 pub use error::{BackendError, LockError};
 pub use guard::{LockGuard, LockHandle};
 pub use locker::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_HANDOVERS_IN_A_ROW,
-    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SUBSCRIBER_HEALTH_CHECK, DEFAULT_WATCHDOG_LEASE,
-    FALLBACK_RETRY_INTERVAL, Locker, LockerBuilder, MAX_KEY_LEN, default_locker, install,
+    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SUBSCRIBER_HEALTH_CHECK, DEFAULT_WATCHDOG_LEASE, Locker,
+    LockerBuilder, default_locker, install,
 };
 pub use options::{DEFAULT_WAIT, LockOptions, MAX_DURATION, MIN_LEASE};
+pub use protocol::acquire::MAX_KEY_LEN;

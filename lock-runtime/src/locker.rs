@@ -1,21 +1,19 @@
-//! `Locker`: the cheap-clone handle users hold. Acquire, wait, keep the lease, install a default.
+//! `Locker`: the cheap-clone handle users hold, its builder, and the installed default locker.
+//! What an acquire does is `protocol::acquire`; the state clones share is `shared::Shared`.
 
 use std::fmt;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
-use crate::backend::memory::MemoryBackend;
-use crate::backend::redis::{RedisBackend, RedisSettings};
-use crate::backend::{Attempt, Backend};
-use crate::error::{BackendError, LockError};
-use crate::guard::{HeldLock, LeaseEnd, LockGuard};
-use crate::handoff::{Claimed, Queues};
+use crate::engine::Engine;
+use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::{RedisEngine, RedisSettings};
+use crate::error::LockError;
+use crate::guard::LockGuard;
 use crate::options::{LockOptions, MAX_DURATION, check_lease};
-use crate::reentry;
+use crate::protocol::acquire;
+use crate::shared::Shared;
+use crate::shared::queues::Queues;
 
 /// The key prefix in Redis when none is set.
 pub const DEFAULT_KEY_PREFIX: &str = "lock:";
@@ -31,22 +29,11 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// half-open subscriber connection is noticed within twice this; see
 /// [`LockerBuilder::subscriber_health_check`].
 pub const DEFAULT_SUBSCRIBER_HEALTH_CHECK: Duration = Duration::from_secs(1);
-/// How often a waiter asks again while releases cannot reach it (the Redis subscriber
-/// connection is down, stalled, or not yet subscribed): a free lock is then found within this,
-/// never only at the holder's expiry.
-pub const FALLBACK_RETRY_INTERVAL: Duration = Duration::from_millis(200);
-/// The longest key accepted, in bytes: a longer one is almost surely a value passed by mistake.
-pub const MAX_KEY_LEN: usize = 1024;
 
 /// How many times in a row a release may pass the lock straight to a waiting task of the same
 /// locker before it releases for everyone, so that waiters in other processes get a chance at
 /// least every fifth section; see [`LockerBuilder::max_handovers_in_a_row`].
 pub const DEFAULT_MAX_HANDOVERS_IN_A_ROW: u32 = 4;
-
-/// Bounds for the pause before retrying a failed renewal: short enough to renew before the lease
-/// runs out, long enough not to hammer a server that is down.
-const RENEW_RETRY_MIN: Duration = Duration::from_millis(10);
-const RENEW_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Lock-takers' handle on one backend. Cheap to clone; clones share the connections.
 ///
@@ -65,23 +52,7 @@ const RENEW_RETRY_MAX: Duration = Duration::from_secs(1);
 /// ```
 #[derive(Clone)]
 pub struct Locker {
-    pub(crate) inner: Arc<LockerInner>,
-}
-
-pub(crate) struct LockerInner {
-    pub(crate) backend: Backend,
-    watchdog_lease: Duration,
-    renewal_interval: Duration,
-    /// The runtime the locker was made on: Drop of a guard outside any runtime context still
-    /// hands its release to it.
-    pub(crate) runtime: Option<tokio::runtime::Handle>,
-    /// Tasks of this locker waiting for a lock, for hand-overs.
-    pub(crate) queues: Queues,
-    pub(crate) max_handovers_in_a_row: u32,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Locker {
@@ -95,8 +66,8 @@ impl Locker {
     /// An in-process locker with the same semantics (tokens, leases, watchdog, fencing,
     /// reentrancy, wake-ups), for unit tests and single-process applications.
     pub fn in_memory() -> Locker {
-        Locker::from_backend(
-            Backend::Memory(MemoryBackend::default()),
+        Locker::from_engine(
+            Arc::new(MemoryEngine::default()),
             DEFAULT_WATCHDOG_LEASE,
             DEFAULT_WATCHDOG_LEASE / 3,
             DEFAULT_MAX_HANDOVERS_IN_A_ROW,
@@ -127,15 +98,21 @@ impl Locker {
         LockerBuilder::new(Target::Memory)
     }
 
-    fn from_backend(
-        backend: Backend,
+    fn from_engine(
+        engine: Arc<dyn Engine>,
         watchdog_lease: Duration,
         renewal_interval: Duration,
         max_handovers_in_a_row: u32,
     ) -> Self {
+        // An engine that cannot hand over gets plain releases only.
+        let max_handovers_in_a_row = if engine.supports_hand_over() {
+            max_handovers_in_a_row
+        } else {
+            0
+        };
         Locker {
-            inner: Arc::new(LockerInner {
-                backend,
+            shared: Arc::new(Shared {
+                engine,
                 watchdog_lease,
                 renewal_interval,
                 runtime: tokio::runtime::Handle::try_current().ok(),
@@ -150,7 +127,7 @@ impl Locker {
     /// - Uncontended: one round trip. Busy: the caller subscribes to the lock's release channel,
     ///   retries once, then sleeps until a release message or the holder's expiry (no polling).
     ///   While its subscription does not work (the subscriber connection is down or stalled), it
-    ///   retries every [`FALLBACK_RETRY_INTERVAL`] instead.
+    ///   retries every [`crate::FALLBACK_RETRY_INTERVAL`] instead.
     /// - Re-entrant by call nesting: inside the scope of a lock of this locker (the body of a
     ///   `#[distributed_lock]` fn, or [`LockGuard::scope`]), an acquire of the same key joins that
     ///   lock at once, with no round trip; only the last guard of the acquisition releases in
@@ -177,104 +154,14 @@ impl Locker {
         key: impl AsRef<str>,
         options: LockOptions,
     ) -> Result<LockGuard, LockError> {
-        let key = key.as_ref();
-        validate_key(key)?;
-        options.validate(key)?;
-        let inner = &self.inner;
-        if let Some(guard) = reentry::reenter(inner, key, options).await? {
-            return Ok(guard);
-        }
-
-        let started = Instant::now();
-        let deadline = started
-            .checked_add(options.wait_time())
-            .unwrap_or(started + MAX_DURATION);
-        let lease = options.lease_time().unwrap_or(inner.watchdog_lease);
-        let token = new_token().map_err(|e| LockError::backend(Some(key), e))?;
-        let not_acquired = || {
-            let waited = started.elapsed();
-            tracing::debug!(key, ?waited, "lock not acquired within the wait");
-            LockError::NotAcquired {
-                key: key.to_owned(),
-                waited,
-            }
-        };
-
-        let first = inner.attempt(key, &token, lease).await?;
-        if let (Attempt::Acquired { fence }, sent_at) = first {
-            return Ok(inner.hold(key, token, (fence, 0), sent_at, started, options));
-        }
-        if Instant::now() >= deadline {
-            return Err(not_acquired());
-        }
-
-        // From here on nothing waits past the deadline, not even a request the network swallowed
-        // (a request cut short sends its cleanup; see `attempt`). The last answer said "busy",
-        // so running out of time here is NotAcquired.
-        // Queue for a hand-over from a holder of this locker, and subscribe to releases by
-        // everyone else, BEFORE retrying: a release between our retry and our sleep still reaches
-        // us. A hand-over that arrives at any point wins: the lock is already ours.
-        let queue_up =
-            || Queues::queue_up(inner, key, lease).map_err(|e| LockError::backend(Some(key), e));
-        let mut place = queue_up()?;
-        let handed = |lock: Claimed| {
-            let fence = (lock.fence, lock.in_a_row);
-            Ok(inner.hold(key, lock.token, fence, lock.sent_at, started, options))
-        };
-        let Ok(subscription) =
-            tokio::time::timeout_at(deadline, inner.backend.subscribe(key)).await
-        else {
-            return place.try_take().map_or_else(|| Err(not_acquired()), handed);
-        };
-        loop {
-            let notified = subscription.notify().notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let attempt =
-                tokio::time::timeout_at(deadline, inner.attempt(key, &token, lease)).await;
-            if let Some(lock) = place.try_take() {
-                return handed(lock);
-            }
-            let Ok(attempt) = attempt else {
-                return Err(not_acquired());
-            };
-            match attempt? {
-                (Attempt::Acquired { fence }, sent_at) => {
-                    let fence = (fence, 0);
-                    return Ok(inner.hold(key, token, fence, sent_at, started, options));
-                }
-                (Attempt::Busy { ttl }, _) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(not_acquired());
-                    }
-                    // Also retry when the holder's lease runs out: a crashed holder never publishes.
-                    let mut wake_at = (now + ttl + Duration::from_millis(1)).min(deadline);
-                    // A release may not reach us: ask at a steady pace. A subscription that comes
-                    // up wakes us (`notified` was enabled before the attempt), so none is missed.
-                    if !subscription.is_live() {
-                        wake_at = wake_at.min(now + FALLBACK_RETRY_INTERVAL);
-                    }
-                    let woken = tokio::select! {
-                        lock = place.handed() => Some(lock),
-                        _ = &mut notified => None,
-                        _ = tokio::time::sleep_until(wake_at) => None,
-                    };
-                    match woken {
-                        Some(Some(lock)) => return handed(lock),
-                        // Taken from the queue by a release that handed nothing (its lease had
-                        // run out, or no answer came): queue again and retry at once.
-                        Some(None) => place = queue_up()?,
-                        None => {}
-                    }
-                }
-            }
-        }
+        acquire::acquire(&self.shared, key.as_ref(), options)
+            .await
+            .map(LockGuard::new)
     }
 
     /// The watchdog lease of this locker.
     pub fn watchdog_lease(&self) -> Duration {
-        self.inner.watchdog_lease
+        self.shared.watchdog_lease
     }
 }
 
@@ -286,232 +173,12 @@ impl AsRef<Locker> for Locker {
 
 impl fmt::Debug for Locker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let backend = match self.inner.backend {
-            Backend::Redis(_) => "redis",
-            Backend::Memory(_) => "memory",
-        };
         f.debug_struct("Locker")
-            .field("backend", &backend)
-            .field("watchdog_lease", &self.inner.watchdog_lease)
-            .field("renewal_interval", &self.inner.renewal_interval)
+            .field("backend", &self.shared.engine.name())
+            .field("watchdog_lease", &self.shared.watchdog_lease)
+            .field("renewal_interval", &self.shared.renewal_interval)
             .finish()
     }
-}
-
-impl LockerInner {
-    /// One acquisition attempt; returns the outcome and when the request was sent (the lease is
-    /// counted from then, so our idea of the expiry is never later than the server's).
-    ///
-    /// If this future is dropped while the request is in flight, or the request fails without an
-    /// answer, the lock may have been taken on the server with our token: a compare-and-delete
-    /// with the same token is then sent in the background, behind the acquire on the same
-    /// connection, so a cancelled or failed acquire never leaves the lock held.
-    async fn attempt(
-        self: &Arc<Self>,
-        key: &str,
-        token: &str,
-        lease: Duration,
-    ) -> Result<(Attempt, Instant), LockError> {
-        let sent_at = Instant::now();
-        let mut in_flight = InFlight {
-            inner: Some(self),
-            key,
-            token,
-        };
-        // An error (a timeout above all) does not say the script did not run: keep the cleanup
-        // armed for it too. Only an answer disarms it.
-        let attempt = self
-            .backend
-            .try_acquire(key, token, lease)
-            .await
-            .map_err(|e| LockError::backend(Some(key), e))?;
-        in_flight.inner = None;
-        Ok((attempt, sent_at))
-    }
-
-    /// Releases `token`'s hold of `key` (if it has one) from a task of its own: the clean-up of
-    /// a lock that may have been taken for a task that is gone. Without a runtime (shut down),
-    /// the lease's expiry frees it.
-    pub(crate) fn release_in_background(
-        self: &Arc<Self>,
-        key: String,
-        token: String,
-        of: &'static str,
-    ) {
-        let Some(runtime) = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| self.runtime.clone())
-        else {
-            return;
-        };
-        let inner = Arc::clone(self);
-        runtime.spawn(async move {
-            if let Err(error) = inner.backend.release(&key, &token, None).await {
-                tracing::warn!(key, %error, "clean-up of {of} failed; the lock expires with its lease");
-            }
-        });
-    }
-
-    /// Makes the guard of a lock just taken; `(fence, in_a_row)`: its fencing number and how many
-    /// hand-overs in a row led to it (0 when it was taken free).
-    fn hold(
-        self: &Arc<Self>,
-        key: &str,
-        token: String,
-        (fence, handovers_in_a_row): (u64, u32),
-        sent_at: Instant,
-        started: Instant,
-        options: LockOptions,
-    ) -> LockGuard {
-        let lost = CancellationToken::new();
-        let lease = options.lease_time();
-        let lease_end = Arc::new(LeaseEnd::new(LeaseEnd::of(
-            sent_at,
-            lease.unwrap_or(self.watchdog_lease),
-        )));
-        // Only the watchdog needs a task; a fixed lease is a deadline compared when observed.
-        let keeper = lease.is_none().then(|| {
-            tokio::spawn(watchdog(
-                Arc::clone(self),
-                key.to_owned(),
-                token.clone(),
-                fence,
-                lost.clone(),
-                sent_at,
-                Arc::clone(&lease_end),
-            ))
-        });
-        let acquired_at = Instant::now();
-        let held = Arc::new(HeldLock {
-            locker: Arc::clone(self),
-            key: key.to_owned(),
-            token,
-            fence,
-            acquired_at,
-            lease,
-            hold_until: Mutex::new(options.hold_at_least_time().map(|hold| acquired_at + hold)),
-            guards: AtomicUsize::new(1),
-            extending: tokio::sync::Mutex::new(()),
-            handovers_in_a_row,
-            lost,
-            lease_end,
-            keeper: Mutex::new(keeper),
-        });
-        tracing::debug!(
-            key,
-            fence,
-            waited = ?started.elapsed(),
-            lease = ?options.lease_time(),
-            "lock acquired"
-        );
-        LockGuard::new(held)
-    }
-}
-
-/// Armed while an acquire request is in flight; see [`LockerInner::attempt`].
-struct InFlight<'a> {
-    inner: Option<&'a Arc<LockerInner>>,
-    key: &'a str,
-    token: &'a str,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let Some(inner) = self.inner.take() else {
-            return;
-        };
-        inner.release_in_background(
-            self.key.to_owned(),
-            self.token.to_owned(),
-            "a cancelled acquire",
-        );
-    }
-}
-
-/// The watchdog: renew every renewal interval while the guard lives; report the loss when a
-/// renewal finds the lock gone or taken, or when the lease runs out with renewals failing.
-async fn watchdog(
-    inner: Arc<LockerInner>,
-    key: String,
-    token: String,
-    fence: u64,
-    lost: CancellationToken,
-    sent_at: Instant,
-    lease_end: Arc<LeaseEnd>,
-) {
-    let lease = inner.watchdog_lease;
-    let every = inner.renewal_interval;
-    let retry = (every / 4).clamp(RENEW_RETRY_MIN, RENEW_RETRY_MAX);
-    let mut next = sent_at + every;
-    loop {
-        let expires = lease_end.get();
-        tokio::time::sleep_until(next.min(expires)).await;
-        if Instant::now() >= expires {
-            HeldLock::mark_lost(
-                &key,
-                fence,
-                &lost,
-                "the lease ran out while renewals were failing",
-            );
-            return;
-        }
-        let sent = Instant::now();
-        // A renewal the network swallowed must not hold the report back past the lease's end:
-        // from then on another holder may have the lock.
-        let renewed = tokio::select! {
-            renewed = inner.backend.renew(&key, &token, lease) => renewed,
-            () = tokio::time::sleep_until(expires) => {
-                HeldLock::mark_lost(
-                    &key,
-                    fence,
-                    &lost,
-                    "the lease ran out while a renewal got no answer",
-                );
-                return;
-            }
-        };
-        match renewed {
-            Ok(true) => {
-                tracing::trace!(key, fence, "lock lease renewed");
-                lease_end.set(LeaseEnd::of(sent, lease));
-                next = sent + every;
-            }
-            Ok(false) => {
-                HeldLock::mark_lost(
-                    &key,
-                    fence,
-                    &lost,
-                    "a renewal found the lock expired or owned by another holder",
-                );
-                return;
-            }
-            Err(error) => {
-                tracing::debug!(key, fence, %error, "lock renewal failed; retrying");
-                next = Instant::now() + retry;
-            }
-        }
-    }
-}
-
-fn validate_key(key: &str) -> Result<(), LockError> {
-    let reason = if key.is_empty() {
-        "the key is empty; name the resource the lock protects, e.g. \"book:{isbn}\""
-    } else if key.len() > MAX_KEY_LEN {
-        "the key is longer than 1024 bytes; lock on an id or a hash of the resource instead"
-    } else {
-        return Ok(());
-    };
-    Err(LockError::InvalidKey {
-        key: key.chars().take(64).collect(),
-        reason,
-    })
-}
-
-/// A fresh 128-bit owner token from the OS CSPRNG, as 32 hex digits.
-pub(crate) fn new_token() -> Result<String, BackendError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(BackendError::random)?;
-    Ok(format!("{:032x}", u128::from_ne_bytes(bytes)))
 }
 
 enum Target {
@@ -597,7 +264,7 @@ impl LockerBuilder {
     /// How often the wake-up subscriber connection is checked (default
     /// [`DEFAULT_SUBSCRIBER_HEALTH_CHECK`]): a PING every `interval`, which must be answered
     /// within the same time. A half-open connection is noticed within twice this; meanwhile
-    /// waiters may miss releases, and from then on they retry every [`FALLBACK_RETRY_INTERVAL`]
+    /// waiters may miss releases, and from then on they retry every [`crate::FALLBACK_RETRY_INTERVAL`]
     /// until the connection is back.
     #[must_use]
     pub fn subscriber_health_check(mut self, interval: Duration) -> Self {
@@ -645,8 +312,8 @@ impl LockerBuilder {
                 )));
             }
         }
-        let backend = match self.target {
-            Target::Memory => Backend::Memory(MemoryBackend::default()),
+        let engine: Arc<dyn Engine> = match self.target {
+            Target::Memory => Arc::new(MemoryEngine::default()),
             Target::Redis(url) => {
                 #[cfg(feature = "tls")]
                 let client = open_client(&url, self.tls_root_certificate)?;
@@ -658,15 +325,15 @@ impl LockerBuilder {
                     response_timeout: self.response_timeout,
                     health_check: self.subscriber_health_check,
                 };
-                Backend::Redis(
-                    RedisBackend::connect(client, settings)
+                Arc::new(
+                    RedisEngine::connect(client, settings)
                         .await
                         .map_err(|e| LockError::backend(None, e))?,
                 )
             }
         };
-        Ok(Locker::from_backend(
-            backend,
+        Ok(Locker::from_engine(
+            engine,
             self.watchdog_lease,
             renewal_interval,
             self.max_handovers_in_a_row,

@@ -1,5 +1,7 @@
-//! One behaviour suite, two backends: a fixture that gives tests a locker on a private Redis
-//! server or in memory, and a shared counter to race on.
+//! The conformance suite's fixtures: a locker on each engine (a private Redis server, in memory),
+//! and a shared counter to race on. The behaviours listed in `conformance!` (tests/runtime.rs,
+//! tests/cancellation.rs) run on every engine in the list in `conformance!`; a new engine is done
+//! when it passes all of them plus fault rows of its own (tests/faults).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -111,24 +113,32 @@ impl Counter {
     }
 }
 
-/// Generates each listed test twice: `redis::name` on a private redis-server, `memory::name` on
-/// the in-memory backend. Each test is `async fn name(fx: Fixture)` in the including file.
+/// The conformance suite: generates each listed behaviour once per engine, as `<engine>::name`
+/// (e.g. `redis_backend::name`, `memory_backend::name`). Each behaviour is
+/// `async fn name(fx: Fixture)` in the including file.
+///
+/// Every engine is one line below: the module its tests go in, and the `Fixture` constructor that
+/// gives a locker on it. Adding an engine (a Redis Cluster or Sentinel topology, etcd) is that
+/// line plus its constructor (and its arms in `Fixture`'s methods); it is done when every
+/// behaviour passes on it.
 #[macro_export]
-macro_rules! both_backends {
+macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
-        mod redis_backend {
+        $crate::conformance_on!(redis_backend, redis; $($name),*);
+        $crate::conformance_on!(memory_backend, memory; $($name),*);
+    };
+}
+
+/// The behaviours `names` on one engine: a module `module` with a test per behaviour, each given
+/// a fresh `Fixture::fixture()`.
+#[macro_export]
+macro_rules! conformance_on {
+    ($module:ident, $fixture:ident; $($name:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    super::$name(super::support::fixture::Fixture::redis().await).await
-                }
-            )*
-        }
-        mod memory_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(super::support::fixture::Fixture::memory().await).await
+                    super::$name(super::support::fixture::Fixture::$fixture().await).await
                 }
             )*
         }

@@ -1,14 +1,18 @@
-//! The in-process backend: the same semantics as Redis (owner tokens, expiry, fencing, wake-ups),
-//! for unit tests and single-process applications.
+//! The in-process engine: the same semantics as Redis (owner tokens, expiry, fencing, wake-ups),
+//! for unit tests and single-process applications. Each step is one critical section, done when
+//! its future is first polled.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Attempt, Released, Subscription, Unregister};
+use super::{Attempt, Engine, Released, Subscription, Unregister};
+use crate::error::BackendError;
+use crate::mutex::lock;
 
 struct Entry {
     token: String,
@@ -62,18 +66,12 @@ impl State {
 type WaiterMap = HashMap<String, (Arc<Notify>, usize)>;
 
 #[derive(Default)]
-pub(crate) struct MemoryBackend {
+pub(crate) struct MemoryEngine {
     state: Mutex<State>,
     waiters: Arc<Mutex<WaiterMap>>,
 }
 
-/// A poisoned lock only means another thread panicked while holding it; every update below
-/// leaves the maps consistent at each step, so carry on with the data.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl MemoryBackend {
+impl MemoryEngine {
     pub(crate) fn try_acquire(&self, key: &str, token: &str, lease: Duration) -> Attempt {
         let now = Instant::now();
         let mut state = lock(&self.state);
@@ -182,6 +180,59 @@ impl MemoryBackend {
     }
 }
 
+// Each step runs inside `async move`, not before the future is made: a future dropped unpolled
+// (a `select!` branch that lost) must do nothing, as the contract says.
+impl Engine for MemoryEngine {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn try_acquire<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Attempt, BackendError>> {
+        Box::pin(async move { Ok(MemoryEngine::try_acquire(self, key, token, lease)) })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        keep: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Released, BackendError>> {
+        Box::pin(async move { Ok(MemoryEngine::release(self, key, token, keep)) })
+    }
+
+    fn supports_hand_over(&self) -> bool {
+        true
+    }
+
+    fn hand_over<'a>(
+        &'a self,
+        key: &'a str,
+        giver: &'a str,
+        taker: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Option<u64>, BackendError>> {
+        Box::pin(async move { Ok(MemoryEngine::hand_over(self, key, giver, taker, lease)) })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move { Ok(MemoryEngine::renew(self, key, token, lease)) })
+    }
+
+    fn subscribe<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Subscription> {
+        Box::pin(async move { MemoryEngine::subscribe(self, key) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +242,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn maps_hold_only_live_locks_after_many_names_expire_or_are_released() {
-        let backend = MemoryBackend::default();
+        let backend = MemoryEngine::default();
         let mut last = 0;
         let mut fenced = |attempt: Attempt| match attempt {
             Attempt::Acquired { fence } => {

@@ -33,8 +33,8 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::checks;
-use crate::backend::{Link, Subscription, Unregister};
-use crate::locker::{FALLBACK_RETRY_INTERVAL, lock};
+use crate::engine::{FALLBACK_RETRY_INTERVAL, Link, Subscription, Unregister};
+use crate::mutex::lock;
 
 /// First pause before reconnecting a lost subscriber connection; doubles up to the maximum.
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);

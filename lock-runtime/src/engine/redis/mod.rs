@@ -12,13 +12,14 @@
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::oneshot;
 
-use super::{Attempt, Released, Subscription};
+use super::{Attempt, Engine, Released, Subscription};
 use crate::error::BackendError;
-use crate::locker::lock;
+use crate::mutex::lock;
 
 mod checks;
 mod waiters;
@@ -29,7 +30,7 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("ac
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renew.lua")));
 
-/// Connection settings the Redis backend needs from the locker's builder.
+/// Connection settings the Redis engine needs from the locker's builder.
 pub(crate) struct RedisSettings {
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
@@ -37,7 +38,7 @@ pub(crate) struct RedisSettings {
     pub(crate) health_check: Duration,
 }
 
-pub(crate) struct RedisBackend {
+pub(crate) struct RedisEngine {
     conn: Mutex<CommandConnection>,
     /// What a new command connection is made from, when the runtime of the old one is gone
     /// (boxed: needed rarely, and large).
@@ -82,7 +83,7 @@ impl CommandConnection {
 /// each failure is reported to the caller, so a long retry chain would only hide an outage.
 const RECONNECT_RETRIES: usize = 2;
 
-impl RedisBackend {
+impl RedisEngine {
     pub(crate) async fn connect(
         client: redis::Client,
         settings: RedisSettings,
@@ -130,7 +131,7 @@ impl RedisBackend {
             },
             pubsub,
         );
-        let backend = RedisBackend {
+        let backend = RedisEngine {
             conn: Mutex::new(CommandConnection::new(conn.clone())),
             remake: Box::new((client, config)),
             prefix: settings.prefix,
@@ -282,6 +283,57 @@ impl RedisBackend {
     pub(crate) async fn subscribe(&self, key: &str) -> Subscription {
         let channel = format!("{}:released", self.lock_key(key));
         self.waiters.subscribe(channel).await
+    }
+}
+
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn try_acquire<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Attempt, BackendError>> {
+        Box::pin(RedisEngine::try_acquire(self, key, token, lease))
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        keep: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Released, BackendError>> {
+        Box::pin(RedisEngine::release(self, key, token, keep))
+    }
+
+    fn supports_hand_over(&self) -> bool {
+        true
+    }
+
+    fn hand_over<'a>(
+        &'a self,
+        key: &'a str,
+        giver: &'a str,
+        taker: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Option<u64>, BackendError>> {
+        Box::pin(RedisEngine::hand_over(self, key, giver, taker, lease))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(RedisEngine::renew(self, key, token, lease))
+    }
+
+    fn subscribe<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Subscription> {
+        Box::pin(RedisEngine::subscribe(self, key))
     }
 }
 

@@ -11,24 +11,25 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::context;
 use crate::error::LockError;
-use crate::guard::{HeldLock, LeaseEnd, LockGuard};
-use crate::locker::LockerInner;
 use crate::options::LockOptions;
+use crate::shared::Shared;
+use crate::shared::held::{HeldLock, LeaseEnd};
+use crate::shared::scopes;
 
-/// A guard of the enclosing acquisition of `key`, with at least the protection `options` ask
-/// for; `None` when the running call is not inside one (or its lease was lost): acquire afresh.
+/// The enclosing acquisition of `key`, with one more guard counted for the caller (which wraps it
+/// in a guard at once) and at least the protection `options` ask for; `None` when the running
+/// call is not inside one (or its lease was lost): acquire afresh.
 ///
-/// Cancel-safe: the new guard is made only after the last await, so a dropped future leaves no
+/// Cancel-safe: the guard is counted only after the last await, so a dropped future leaves no
 /// guard counted. An extension cut short may have reached the server; the lease end this client
 /// knows then stays the earlier one, which is the safe side.
 pub(crate) async fn reenter(
-    inner: &Arc<LockerInner>,
+    shared: &Arc<Shared>,
     key: &str,
     options: LockOptions,
-) -> Result<Option<LockGuard>, LockError> {
-    let Some(held) = context::enclosing(inner, key) else {
+) -> Result<Option<Arc<HeldLock>>, LockError> {
+    let Some(held) = scopes::enclosing(shared, key) else {
         return Ok(None);
     };
     // A lost lease is not held any more: take the lock afresh. The enclosing guard still reports
@@ -42,9 +43,9 @@ pub(crate) async fn reenter(
             None => return Err(watchdog_inside_fixed_lease(key, outer_lease)),
         }
     }
-    let Some(guard) = held.enter() else {
+    if !held.join() {
         return Ok(None);
-    };
+    }
     if let Some(hold) = options.hold_at_least_time() {
         held.hold_until_at_least(Instant::now() + hold);
     }
@@ -53,7 +54,7 @@ pub(crate) async fn reenter(
         fence = held.fence,
         "lock re-entered by a call nested in its scope"
     );
-    Ok(Some(guard))
+    Ok(Some(held))
 }
 
 /// Makes the fixed lease of `held` last at least `lease` from now: one owner-checked renewal
@@ -66,8 +67,8 @@ async fn extend(held: &HeldLock, lease: Duration) -> Result<(), LockError> {
         return Ok(());
     }
     let renewed = held
-        .locker
-        .backend
+        .shared
+        .engine
         .renew(&held.key, &held.token, lease)
         .await
         .map_err(|e| LockError::backend(Some(&held.key), e))?;
