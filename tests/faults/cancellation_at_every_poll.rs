@@ -74,9 +74,8 @@ struct DropEvent {
 struct Shared {
     sections: Mutex<Vec<Record>>,
     drops: Mutex<Vec<DropEvent>>,
-    /// Waits that ran out: the key, and when the wait began (ns since the run started).
-    ran_out: Mutex<Vec<(&'static str, u64)>>,
-    started_ns: AtomicU64,
+    /// Waits that ran out: the key, the task, and when the wait began (CLOCK_MONOTONIC ns).
+    ran_out: Mutex<Vec<(&'static str, u32, u64)>>,
     rounds: AtomicU64,
 }
 
@@ -140,7 +139,7 @@ async fn storm() -> FaultRow {
     let metrics = tokio::runtime::Handle::current().metrics();
     let tasks_before = metrics.num_alive_tasks();
     let shared = Arc::new(Shared::default());
-    shared.started_ns.store(monotonic_ns(), Ordering::Relaxed);
+    let started_ns = monotonic_ns();
     let deadline = tokio::time::Instant::now() + RUN;
     let mut tasks = Vec::new();
     for (l, locker) in lockers.iter().enumerate() {
@@ -170,11 +169,33 @@ async fn storm() -> FaultRow {
     let ran_out = std::mem::take(&mut *shared.ran_out.lock().await);
     let keys: Vec<String> = KEYS.iter().map(|k| k.to_string()).collect();
     let left = wait_until_unlocked(&server, &keys, BACKGROUND_RELEASE_BOUND).await;
-    assert!(
-        ran_out.is_empty(),
-        "waits ran out ({WAIT:?}, key and ns since the run began: {ran_out:?}) behind a lock \
-         nothing released or a wake-up that never came; locked after the run: {left:?}"
-    );
+    if !ran_out.is_empty() {
+        // Who had the key meanwhile: sections that began after the wait did, by locker.
+        let records = shared.sections.lock().await;
+        let waits: Vec<String> = ran_out
+            .iter()
+            .map(|&(key, task, began)| {
+                let mut by_locker = [0u64; LOCKERS];
+                for r in records
+                    .iter()
+                    .filter(|r| r.key == key && r.enter_ns > began)
+                {
+                    by_locker[r.task as usize / TASKS_PER_LOCKER] += 1;
+                }
+                format!(
+                    "{key} on locker {} from {:.3} s into the run, while sections of it ran on \
+                     each locker: {by_locker:?}",
+                    task as usize / TASKS_PER_LOCKER,
+                    (began - started_ns) as f64 / 1e9
+                )
+            })
+            .collect();
+        panic!(
+            "waits ran out ({WAIT:?}) behind a lock nothing released or a wake-up that never \
+             came; locked after the run: {left:?}:\n  {}",
+            waits.join("\n  ")
+        );
+    }
     left.unwrap_or_else(|left| panic!("locks left after the run: {left:?}"));
     let drained = ended.elapsed();
     let settle = tokio::time::Instant::now() + BACKGROUND_RELEASE_BOUND;
@@ -308,7 +329,7 @@ async fn round(locker: &Locker, task: u32, k: u32, shared: &Arc<Shared>) {
         match poll_at_most(call, polls).await {
             None => shared.drops.lock().await.push(dropped(Dropped::Call)),
             Some(Ok(())) => {}
-            Some(Err(e)) => not_acquired(shared, key, began, e).await,
+            Some(Err(e)) => not_acquired(shared, key, task, began, e).await,
         }
         return;
     }
@@ -326,7 +347,7 @@ async fn round(locker: &Locker, task: u32, k: u32, shared: &Arc<Shared>) {
             return;
         }
         Some(Ok(guard)) => guard,
-        Some(Err(e)) => return not_acquired(shared, key, began, e).await,
+        Some(Err(e)) => return not_acquired(shared, key, task, began, e).await,
     };
     let enter_ns = monotonic_ns();
     tokio::task::yield_now().await;
@@ -351,8 +372,7 @@ async fn round(locker: &Locker, task: u32, k: u32, shared: &Arc<Shared>) {
     }
 }
 
-async fn not_acquired(shared: &Shared, key: &'static str, began: u64, e: LockError) {
+async fn not_acquired(shared: &Shared, key: &'static str, task: u32, began: u64, e: LockError) {
     assert!(e.is_not_acquired(), "acquire failed: {e}");
-    let since_start = began - shared.started_ns.load(Ordering::Relaxed);
-    shared.ran_out.lock().await.push((key, since_start));
+    shared.ran_out.lock().await.push((key, task, began));
 }
