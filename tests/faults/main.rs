@@ -18,13 +18,20 @@ mod report;
 
 mod bad_input;
 mod baseline;
+mod cancellation_at_every_poll;
 mod cancellation_storm;
+mod eviction;
+mod flushall;
+mod forgetting;
 mod killed_holder;
 mod network_cut;
 mod paused_holder;
+mod promotion;
 mod redis_restart;
 mod slow_server;
+mod snapshot_restore;
 mod soak;
+mod subscriber_fault;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,6 +53,15 @@ const FAULTS: &[Fault] = &[
     ("f7_cancellation_storm", cancellation_storm::run),
     ("f8_bad_input", bad_input::run),
     ("f9_soak", soak::run),
+    ("f10_snapshot_restore", snapshot_restore::run),
+    ("f11_flushall", flushall::run),
+    ("f12_eviction", eviction::run),
+    ("f13_promotion", promotion::run),
+    (
+        "f14_cancellation_at_every_poll",
+        cancellation_at_every_poll::run,
+    ),
+    ("f15_subscriber", subscriber_fault::run),
 ];
 
 /// Awaits `fut`, panicking with `what` if it takes longer than `bound`: "nothing hangs".

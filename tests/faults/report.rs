@@ -94,7 +94,7 @@ pub fn document(rows: &[FaultRow]) -> String {
          ```\n\n\
          (`scripts/test`, and so CI, runs the same suite with the soak cut to its default, 15 s.)\n\n\
          Machine: {machine}, {cores} cores; debug build; every server a private `redis-server` \
-         without persistence. `overlaps` counts two holders inside one key's critical section at \
+         without persistence (the snapshot row saves one snapshot on purpose). `overlaps` counts two holders inside one key's critical section at \
          once where neither guard reported its lease lost: the failure the suite exists to catch.\n\n\
          {}\n\
          {LIMITS}",
@@ -106,8 +106,9 @@ pub fn document(rows: &[FaultRow]) -> String {
 const LIMITS: &str = "\
 ## What a single Redis cannot promise
 
-- **A server that loses its data** (restart without persistence, as in the restart row; a \
-failover to a replica that had not received the lock yet) forgets the lock while its holder still \
+- **A server that loses its data** (restart without persistence, a restore from an older \
+snapshot, FLUSHALL, eviction, a failover to a replica that had not received the lock yet: rows 4 \
+and 10-13) forgets the lock while its holder still \
 works. A second holder can then get in. The first holder is told (its guard's `lost()` resolves at \
 its next renewal, `release()` returns `LeaseLost`), but it may already be in the middle of a write. \
 Only a store that checks fencing tokens refuses the stale holder's writes (the paused-holder row \

@@ -52,6 +52,9 @@ struct State {
     /// Connections (by accept order, from 0, end excluded) held as in `Stall` while the others
     /// flow.
     stalled_ids: Option<(u64, u64)>,
+    /// Where new connections are forwarded (`redirect()` changes it; open ones stay where they
+    /// are).
+    upstream: SocketAddr,
 }
 
 #[derive(Default)]
@@ -88,10 +91,10 @@ impl Proxy {
             flow: Flow::Forward,
             delay: Duration::ZERO,
             stalled_ids: None,
+            upstream: SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port)),
         });
         let counters = Arc::new(Counters::default());
         let (shutdown, stopped) = oneshot::channel();
-        let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port));
         let thread_counters = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name(format!("proxy:{port}->{upstream_port}"))
@@ -100,7 +103,7 @@ impl Proxy {
                     let listener =
                         TcpListener::from_std(listener).expect("register the proxy's listener");
                     tokio::select! {
-                        () = accept_loop(listener, upstream, watcher, thread_counters) => {}
+                        () = accept_loop(listener, watcher, thread_counters) => {}
                         _ = stopped => {}
                     }
                 });
@@ -145,6 +148,15 @@ impl Proxy {
     pub fn stall_connections(&self, ids: std::ops::Range<u64>) {
         self.state
             .send_modify(|s| s.stalled_ids = Some((ids.start, ids.end)));
+    }
+
+    /// Forwards connections accepted from now on to `127.0.0.1:<upstream_port>` instead: the
+    /// address clients know stays the same while the server behind it changes (a failover).
+    /// Open connections stay with the old server; `cut()` them to move every client.
+    pub fn redirect(&self, upstream_port: u16) {
+        self.state.send_modify(|s| {
+            s.upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port));
+        });
     }
 
     /// Resets every open connection (RST, held bytes discarded) and resets each new one as soon
@@ -212,7 +224,6 @@ impl Drop for Proxy {
 
 async fn accept_loop(
     listener: TcpListener,
-    upstream: SocketAddr,
     state: watch::Receiver<State>,
     counters: Arc<Counters>,
 ) {
@@ -225,7 +236,11 @@ async fn accept_loop(
                 continue;
             }
         };
-        if state.borrow().flow == Flow::Cut {
+        let (flow, upstream) = {
+            let now = state.borrow();
+            (now.flow, now.upstream)
+        };
+        if flow == Flow::Cut {
             counters.refused.fetch_add(1, Ordering::SeqCst);
             reset(client);
             continue;
