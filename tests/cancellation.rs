@@ -564,3 +564,105 @@ mod redis_backend_slow_link {
         a_dropped_annotated_call_leaves_nothing_behind,
     );
 }
+
+/// A waker that records that it was woken, for a future polled by hand.
+struct Woken(std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for Woken {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A release message wakes one waiter of a locker. If that waiter takes the wake-up, sends its
+/// retry and is dropped before the answer, the next waiter of the same locker must be woken in
+/// its place: otherwise it sleeps beside a free lock until its wait runs out (seen in the fault
+/// suite's cancellation row). Redis only: the memory engine answers within the first poll.
+#[tokio::test]
+async fn a_woken_waiter_dropped_before_its_retry_is_answered_passes_the_wake_up_on() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::task::{Context, Waker};
+
+    let fx = Fixture::redis().await;
+    let key = "passed-on";
+    let holders = fx.other_locker().await;
+    let mut watcher = fx.server().client().await;
+    let holder = holders
+        .acquire(key, LockOptions::new().lease(LEASE))
+        .await
+        .expect("holder");
+
+    // The first waiter, polled by hand: whenever woken, until the server has run both its
+    // attempts (it then sleeps, first in line for the locker's wake-up).
+    let before = script_calls(&mut watcher).await;
+    let woken = Arc::new(Woken(std::sync::atomic::AtomicBool::new(true)));
+    let waker = Waker::from(Arc::clone(&woken));
+    let mut cx = Context::from_waker(&waker);
+    let mut first = Box::pin(
+        fx.locker.acquire(
+            key,
+            LockOptions::new()
+                .wait(BACKGROUND_RELEASE_BOUND * 2)
+                .lease(LEASE),
+        ),
+    );
+    let deadline = Instant::now() + BACKGROUND_RELEASE_BOUND;
+    while script_calls(&mut watcher).await < before + ATTEMPTS_BEFORE_WAITING {
+        if woken.0.swap(false, Ordering::SeqCst) {
+            assert!(
+                first.as_mut().poll(&mut cx).is_pending(),
+                "the lock is held"
+            );
+        }
+        assert!(Instant::now() < deadline, "the first waiter never retried");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Let it take in the answer to its retry, and sleep.
+    while woken.0.swap(false, Ordering::SeqCst) {
+        assert!(
+            first.as_mut().poll(&mut cx).is_pending(),
+            "the lock is held"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    // The second waiter, on its own task, behind it.
+    let second = {
+        let locker = fx.locker.clone();
+        tokio::spawn(async move {
+            let options = LockOptions::new()
+                .wait(BACKGROUND_RELEASE_BOUND)
+                .lease(LEASE);
+            let guard = locker.acquire(key, options).await?;
+            let got = Instant::now();
+            guard.release().await?;
+            Ok::<_, LockError>(got)
+        })
+    };
+    until_retried(Some(fx.server().client().await), Some(before + 2)).await;
+
+    // The release's message wakes the first waiter; it takes the wake-up, sends its retry, and
+    // is dropped before the answer.
+    holder.release().await.expect("release");
+    let released = Instant::now();
+    while !woken.0.load(Ordering::SeqCst) {
+        assert!(
+            released.elapsed() < BACKGROUND_RELEASE_BOUND,
+            "the first waiter was never woken"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        first.as_mut().poll(&mut cx).is_pending(),
+        "the retry needs a round trip"
+    );
+    drop(first);
+
+    let got = second.await.expect("task").expect("the second waiter");
+    assert!(
+        got - released < BACKGROUND_RELEASE_BOUND,
+        "the second waiter got the free lock only {:?} after the release",
+        got - released
+    );
+}

@@ -198,9 +198,16 @@ impl Subscription {
     }
 
     /// The wake-up source. A release wakes one waiting task of this process per message; a
-    /// woken waiter that is dropped before it acts passes its wake-up on (tokio's `Notify`).
+    /// woken waiter that is dropped before it takes the wake-up passes it on (tokio's `Notify`),
+    /// and one that took it and is dropped before its retry got an answer passes it on too
+    /// (`protocol::acquire`'s `WakeUp`).
     pub(crate) fn notify(&self) -> &Notify {
         &self.notify
+    }
+
+    /// The wake-up source, to pass a taken wake-up on after this subscription has gone.
+    pub(crate) fn notify_handle(&self) -> Arc<Notify> {
+        Arc::clone(&self.notify)
     }
 }
 

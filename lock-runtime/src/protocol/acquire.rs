@@ -92,18 +92,28 @@ pub(crate) async fn acquire(
     else {
         return place.try_take().map_or_else(|| Err(not_acquired()), handed);
     };
+    // A release message wakes one waiter of this locker. The one woken owes the others a retry:
+    // if it goes away (dropped, out of time, an error) before its retry got an answer, the
+    // wake-up passes to the next waiter, which would otherwise sleep on beside a free lock.
+    let mut wake_up = WakeUp(None);
     loop {
         let notified = subscription.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let attempt = tokio::time::timeout_at(deadline, attempt(shared, key, &token, lease)).await;
         if let Some(lock) = place.try_take() {
+            // Ours now: its release wakes the others.
+            wake_up.spent();
             return handed(lock);
         }
         let Ok(attempt) = attempt else {
             return Err(not_acquired());
         };
-        match attempt? {
+        let attempt = attempt?;
+        // An answer: either the lock is ours (its release wakes the others) or another holder
+        // has it (its release will).
+        wake_up.spent();
+        match attempt {
             (Attempt::Acquired { fence }, sent_at) => {
                 let fence = (fence, 0);
                 return Ok(hold(shared, key, token, fence, sent_at, started, options));
@@ -122,7 +132,10 @@ pub(crate) async fn acquire(
                 }
                 let woken = tokio::select! {
                     lock = place.handed() => Some(lock),
-                    _ = &mut notified => None,
+                    _ = &mut notified => {
+                        wake_up = WakeUp(Some(subscription.notify_handle()));
+                        None
+                    }
                     _ = tokio::time::sleep_until(wake_at) => None,
                 };
                 match woken {
@@ -133,6 +146,25 @@ pub(crate) async fn acquire(
                     None => {}
                 }
             }
+        }
+    }
+}
+
+/// A release's wake-up taken by this waiter and not acted on yet; dropped armed, it wakes the
+/// next waiter of the same subscription in its place.
+struct WakeUp(Option<Arc<tokio::sync::Notify>>);
+
+impl WakeUp {
+    /// Acted on: the retry got an answer, or the lock is ours.
+    fn spent(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for WakeUp {
+    fn drop(&mut self) {
+        if let Some(notify) = self.0.take() {
+            notify.notify_one();
         }
     }
 }
