@@ -3,7 +3,8 @@
 //! A backend answers five questions in one step each: take the lock if free (with a fencing
 //! number) or say how long it stays busy; release it if still owned (or shorten it to the minimum
 //! hold); pass it from its holder straight to a waiter; extend it if still owned; and tell
-//! waiters when it may have become free.
+//! waiters when it may have become free. For operators, two more: what a lock records (holder
+//! label, lease left, fencing number), and deleting it whoever holds it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::error::BackendError;
+use crate::lock_info::LockInfo;
 
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -89,6 +91,24 @@ impl Backend {
         match self {
             Backend::Redis(b) => b.renew(key, token, lease).await,
             Backend::Memory(b) => Ok(b.renew(key, token, lease)),
+        }
+    }
+
+    /// What the lock `key` records (holder label, lease left, fencing number), changing nothing;
+    /// `None` when it is free.
+    pub(crate) async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, BackendError> {
+        match self {
+            Backend::Redis(b) => b.inspect(key).await,
+            Backend::Memory(b) => Ok(b.inspect(key)),
+        }
+    }
+
+    /// Deletes the lock `key` whoever owns it and wakes its waiters; what it recorded, or `None`
+    /// when it was free.
+    pub(crate) async fn force_release(&self, key: &str) -> Result<Option<LockInfo>, BackendError> {
+        match self {
+            Backend::Redis(b) => b.force_release(key).await,
+            Backend::Memory(b) => Ok(b.force_release(key)),
         }
     }
 
