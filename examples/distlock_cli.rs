@@ -13,6 +13,7 @@
 //!
 //! Run it with `cargo run --example distlock_cli -- list`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -58,6 +59,7 @@ async fn main() -> ExitCode {
     // force_release logs at WARN: an operator sees it, and it reaches their log collection.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
