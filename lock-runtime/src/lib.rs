@@ -50,7 +50,8 @@
 //!
 //! # Guarantees and their limits
 //!
-//! Nothing deletes or extends a lock it does not own. A holder learns that its lease was lost
+//! Nothing deletes or extends a lock it does not own, except an operator's explicit
+//! [`Locker::force_release`]. A holder learns that its lease was lost
 //! ([`LockGuard::lost`], [`LockGuard::release`] returning [`LockError::LeaseLost`]). It counts its
 //! lease from when the request was sent, less a drift allowance of 1 % + 2 ms (Redlock's), so its
 //! own view of the lease ends before the server's: it is told before another client can get in.

@@ -10,7 +10,7 @@ pub struct LockInfo {
     /// The holder's label ([`LockerBuilder::holder_label`](crate::LockerBuilder::holder_label),
     /// `host:pid` by default); `None` when the holder recorded none.
     pub holder: Option<String>,
-    /// How long the lease still runs unless the holder renews it, to the millisecond.
+    /// How long the lease still runs unless the holder renews it (Redis: to the millisecond).
     pub lease_left: Duration,
     /// The fencing number of the holder's acquisition, as
     /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token) gives it to the holder;

@@ -160,15 +160,18 @@ impl MemoryBackend {
     ) -> Option<u64> {
         let now = Instant::now();
         let mut state = lock(&self.state);
-        let fence = state.next_fence();
-        match state.locks.get_mut(key) {
-            Some(entry) if entry.token == giver && entry.expires > now => {
-                entry.token = taker.to_owned();
-                entry.expires = now + lease;
-                entry.fence = fence;
-            }
-            _ => return None,
+        let held_by_giver = state
+            .locks
+            .get(key)
+            .is_some_and(|entry| entry.token == giver && entry.expires > now);
+        if !held_by_giver {
+            return None;
         }
+        let fence = state.next_fence();
+        let entry = state.locks.get_mut(key)?;
+        entry.token = taker.to_owned();
+        entry.expires = now + lease;
+        entry.fence = fence;
         Some(fence)
     }
 
