@@ -278,15 +278,19 @@ async fn a_hand_over_never_gives_a_number_below_the_givers() {
         "fedcba9876543210fedcba9876543210",
     );
     // The giver got its number from a clock far ahead of this server's (a failover to a server
-    // whose clock is behind): the hand-over goes on from it, not from this clock.
+    // whose clock is behind): the hand-over goes on from it, not from this clock. Its value
+    // carries a holder label with digits and a `:` of its own, which must not be read as part of
+    // the number.
     let ahead: i64 = 4_000_000_000_000_000;
-    let value = format!("{giver}:{ahead}");
+    let label = "web-1:4242";
+    let value = format!("{giver}:{ahead}:{label}");
     run(&mut conn, &["SET", "lock:{k}", &value, "PX", "30000"]).await;
     let reply: Vec<i64> =
         redis::Script::new(include_str!("../lock-runtime/src/engine/redis/acquire.lua"))
             .key("lock:{k}")
             .arg(taker)
             .arg(30_000)
+            .arg(label)
             .arg(giver)
             .invoke_async(&mut conn)
             .await
@@ -297,7 +301,7 @@ async fn a_hand_over_never_gives_a_number_below_the_givers() {
         .query_async(&mut conn)
         .await
         .expect("GET");
-    assert_eq!(now, format!("{taker}:{}", ahead + 1));
+    assert_eq!(now, format!("{taker}:{}:{label}", ahead + 1));
 }
 
 #[tokio::test]

@@ -50,10 +50,11 @@ async fn the_watchdog_renews_once_per_interval() {
 }
 
 #[tokio::test]
-async fn the_data_model_is_one_key_holding_token_and_fence_with_expiry() {
+async fn the_data_model_is_one_key_holding_token_fence_and_holder_label_with_expiry() {
     let server = RedisServer::start();
     let locker = Locker::builder(server.url())
         .key_prefix("app:")
+        .holder_label("worker-3")
         .build()
         .await
         .unwrap();
@@ -75,7 +76,9 @@ async fn the_data_model_is_one_key_holding_token_and_fence_with_expiry() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let (token, fence) = value.split_once(':').expect("token:fence");
+    let (token, rest) = value.split_once(':').expect("token:fence:label");
+    let (fence, label) = rest.split_once(':').expect("fence:label");
+    assert_eq!(label, "worker-3");
     assert_eq!(token.len(), 32, "128-bit token as hex: {value}");
     assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
     assert_eq!(fence.parse::<u64>().unwrap(), guard.fencing_token());

@@ -8,24 +8,28 @@
 //!
 //! | name | type | content |
 //! |---|---|---|
-//! | `P{K}` | string, PX expiry | `<token>:<fence>`: the holder's 128-bit random token (32 hex digits) and the acquisition's fencing number (decimal) |
+//! | `P{K}` | string, PX expiry | `<token>:<fence>:<label>`: the holder's 128-bit random token (32 hex digits), the acquisition's fencing number (decimal) and the holder's label ([`LockerBuilder::holder_label`]: any text, the rest of the value; `:<label>` left out when empty) |
 //! | `P{K}:released` | pub/sub channel | one message per release (payload: ms still held, 0 if deleted) |
 //!
 //! That is all: one key per lock, and no key outlives its lock (a release deletes it, the
 //! lease's expiry removes it). The `{K}` hash tag keeps a lock's names in one Cluster slot. Every
 //! step is one script call (one round trip) that names every key it touches in `KEYS`:
 //!
-//! - **acquire**: `TIME`, then `SET P{K} token:now NX PX lease` and return `now`, the server clock
-//!   in microseconds, as the fencing number; else return the holder's `PTTL`. Only then, off the
-//!   uncontended path, a value that is not in this format (someone else wrote it, or it has no
-//!   expiry) is reported as not a lock (a [`BackendError`] naming it) instead of being waited for;
-//!   a bare token, the value of an earlier version's lock, is waited for (rolling upgrades).
+//! - **acquire**: `TIME`, then `SET P{K} token:now:label NX PX lease` and return `now`, the
+//!   server clock in microseconds, as the fencing number; else return the holder's `PTTL`. Only
+//!   then, off the uncontended path, a value that is not in this format (someone else wrote it,
+//!   or it has no expiry) is reported as not a lock instead of being waited for; a bare token or
+//!   `token:fence` without a label, the values of earlier versions' locks, are waited for
+//!   (rolling upgrades).
 //! - **release**: if the token part of `GET P{K}` is the caller's: `DEL` (or `PEXPIRE` to what
 //!   remains of `hold_at_least`) and `PUBLISH P{K}:released`. A non-owner changes nothing.
 //! - **renew** (watchdog, every renewal interval): if the token part is the caller's: `PEXPIRE`.
-//! - **hand-over** (the acquire script with the releaser's token as a third argument): if the
-//!   token part is the releaser's: `SET P{K} waiter's-token:fence PX lease`, with
+//! - **hand-over** (the acquire script with the releaser's token as a fourth argument): if the
+//!   token part is the releaser's: `SET P{K} waiter's-token:fence:label PX lease`, with
 //!   `fence = max(releaser's fence + 1, now)`.
+//! - **inspect** (operators, [`Locker::inspect`]): `GET` and `PTTL`, changing nothing.
+//! - **force release** (operators, [`Locker::force_release`]): whatever the token, `DEL P{K}` and
+//!   `PUBLISH P{K}:released`; the holder's next renewal or release finds the lock gone.
 //!
 //! Fencing numbers follow the server clock, so they need no counter and keep growing across
 //! release, expiry, a restart with or without persistence, a restore from a snapshot, `FLUSHALL`,
@@ -46,7 +50,8 @@
 //!
 //! # Guarantees and their limits
 //!
-//! Nothing deletes or extends a lock it does not own. A holder learns that its lease was lost
+//! Nothing deletes or extends a lock it does not own, except an operator's explicit
+//! [`Locker::force_release`]. A holder learns that its lease was lost
 //! ([`LockGuard::lost`], [`LockGuard::release`] returning [`LockError::LeaseLost`]). It counts its
 //! lease from when the request was sent, less a drift allowance of 1 % + 2 ms (Redlock's), so its
 //! own view of the lease ends before the server's: it is told before another client can get in.
@@ -61,7 +66,11 @@
 mod context;
 mod engine;
 mod error;
+mod from_env;
 mod guard;
+mod holder;
+mod inspect;
+mod lock_info;
 mod locker;
 pub mod metrics;
 mod mutex;
@@ -80,7 +89,10 @@ mod expansion;
 pub use context::current;
 pub use engine::FALLBACK_RETRY_INTERVAL;
 pub use error::{BackendError, LockError};
+pub use from_env::{HOLDER_LABEL_VAR, KEY_PREFIX_VAR, REDIS_URL_VAR};
 pub use guard::{LockGuard, LockHandle};
+pub use holder::{MAX_HOLDER_LABEL_LEN, default_holder_label};
+pub use lock_info::LockInfo;
 pub use locker::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_HANDOVERS_IN_A_ROW,
     DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SUBSCRIBER_HEALTH_CHECK, DEFAULT_WATCHDOG_LEASE, Locker,

@@ -10,6 +10,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::error::LockError;
 use crate::guard::LockGuard;
+use crate::holder::{check_holder_label, default_holder_label};
 use crate::options::{LockOptions, MAX_DURATION, check_lease};
 use crate::protocol::acquire;
 use crate::shared::Shared;
@@ -196,6 +197,8 @@ pub struct LockerBuilder {
     response_timeout: Duration,
     subscriber_health_check: Duration,
     max_handovers_in_a_row: u32,
+    /// `None`: [`default_holder_label`], made at `build()`.
+    holder_label: Option<String>,
     #[cfg(feature = "tls")]
     tls_root_certificate: Option<Vec<u8>>,
 }
@@ -211,6 +214,7 @@ impl LockerBuilder {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             subscriber_health_check: DEFAULT_SUBSCRIBER_HEALTH_CHECK,
             max_handovers_in_a_row: DEFAULT_MAX_HANDOVERS_IN_A_ROW,
+            holder_label: None,
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
         }
@@ -286,6 +290,17 @@ impl LockerBuilder {
         self
     }
 
+    /// What the locks this locker takes record as their holder, for operators
+    /// ([`Locker::inspect`], the `distlock_cli` example): default `host:pid`
+    /// ([`default_holder_label`]). Any text up to
+    /// [`MAX_HOLDER_LABEL_LEN`](crate::MAX_HOLDER_LABEL_LEN) bytes, e.g. a pod name; empty
+    /// records none. Anyone who can read the lock's key sees it: no secrets in it.
+    #[must_use = "builder methods return the changed builder; use it, e.g. call `.build()` on it"]
+    pub fn holder_label(mut self, label: impl Into<String>) -> Self {
+        self.holder_label = Some(label.into());
+        self
+    }
+
     /// Checks the settings and connects. For Redis: the command connection and the wake-up
     /// subscriber connection; fails at once, quoting the server, when it refuses either (e.g.
     /// `maxclients`) or denies the user the lock scripts or the wake-up channels (ACL). Logs a
@@ -293,6 +308,8 @@ impl LockerBuilder {
     pub async fn build(self) -> Result<Locker, LockError> {
         let invalid = |reason: String| LockError::InvalidOptions { key: None, reason };
         check_lease("watchdog_lease", self.watchdog_lease).map_err(invalid)?;
+        let holder_label = self.holder_label.unwrap_or_else(default_holder_label);
+        check_holder_label(&holder_label).map_err(invalid)?;
         let renewal_interval = self.renewal_interval.unwrap_or(self.watchdog_lease / 3);
         if renewal_interval.is_zero() || renewal_interval >= self.watchdog_lease {
             return Err(invalid(format!(
@@ -313,7 +330,7 @@ impl LockerBuilder {
             }
         }
         let engine: Arc<dyn Engine> = match self.target {
-            Target::Memory => Arc::new(MemoryEngine::default()),
+            Target::Memory => Arc::new(MemoryEngine::with_holder(&holder_label)),
             Target::Redis(url) => {
                 #[cfg(feature = "tls")]
                 let client = open_client(&url, self.tls_root_certificate)?;
@@ -324,6 +341,7 @@ impl LockerBuilder {
                     connect_timeout: self.connect_timeout,
                     response_timeout: self.response_timeout,
                     health_check: self.subscriber_health_check,
+                    holder_label,
                 };
                 Arc::new(
                     RedisEngine::connect(client, settings)
@@ -356,7 +374,8 @@ impl fmt::Debug for LockerBuilder {
             .field("renewal_interval", &self.renewal_interval)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
-            .field("max_handovers_in_a_row", &self.max_handovers_in_a_row);
+            .field("max_handovers_in_a_row", &self.max_handovers_in_a_row)
+            .field("holder_label", &self.holder_label);
         #[cfg(feature = "tls")]
         out.field(
             "tls_root_certificate",

@@ -55,6 +55,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 
 use crate::error::BackendError;
+use crate::lock_info::LockInfo;
 
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -126,6 +127,19 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// be had soon, with a subscription that is not live ([`Subscription::is_live`]). Never
     /// fails and never waits long: the waiter's deadline bounds it from outside too.
     fn subscribe<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Subscription>;
+
+    /// For operators: what the lock `key` records (holder label, lease left, fencing number),
+    /// changing nothing; `None` when it is free. One round trip.
+    fn inspect<'a>(&'a self, key: &'a str)
+    -> BoxFuture<'a, Result<Option<LockInfo>, BackendError>>;
+
+    /// For operators: deletes the lock `key` whoever owns it and wakes its waiters (the one
+    /// write that does not compare the owner, for a stale lock); what it recorded, or `None` when
+    /// it was free. Never deletes a value that is not a lock. One round trip.
+    fn force_release<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LockInfo>, BackendError>>;
 }
 
 /// The result of one acquisition attempt.

@@ -276,7 +276,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn validate_key(key: &str) -> Result<(), LockError> {
+pub(crate) fn validate_key(key: &str) -> Result<(), LockError> {
     let reason = if key.is_empty() {
         "the key is empty; name the resource the lock protects, e.g. \"book:{isbn}\""
     } else if key.len() > MAX_KEY_LEN {

@@ -1,7 +1,8 @@
 //! Single Redis server: one script call per step, waiters woken by pub/sub.
 //!
 //! Names for a lock `K` under prefix `P` (default `lock:`):
-//! - `P{K}`: the lock, the only key: `<owner token>:<fencing number>` with a PX expiry;
+//! - `P{K}`: the lock, the only key: `<owner token>:<fencing number>:<holder label>` (the label
+//!   and its `:` left out when empty) with a PX expiry;
 //! - channel `P{K}:released`: a message on every release.
 //!
 //! The fencing number is the server clock in microseconds at the acquisition (or the previous
@@ -19,9 +20,11 @@ use tokio::sync::oneshot;
 
 use super::{Attempt, Engine, Released, Subscription};
 use crate::error::BackendError;
+use crate::lock_info::LockInfo;
 use crate::mutex::lock;
 
 mod checks;
+mod inspect;
 mod waiters;
 
 use waiters::{SubscriberSettings, Waiters};
@@ -36,6 +39,8 @@ pub(crate) struct RedisSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) health_check: Duration,
+    /// Recorded with every lock taken (empty: none).
+    pub(crate) holder_label: String,
 }
 
 pub(crate) struct RedisEngine {
@@ -46,6 +51,7 @@ pub(crate) struct RedisEngine {
     prefix: String,
     response_timeout: Duration,
     waiters: Waiters,
+    holder_label: String,
 }
 
 /// The command connection, and a sentinel task on the runtime that drives it.
@@ -137,6 +143,7 @@ impl RedisEngine {
             prefix: settings.prefix,
             response_timeout: settings.response_timeout,
             waiters,
+            holder_label: settings.holder_label,
         };
         // The scripts run under the user's rights on the keys they touch: release a lock nobody
         // holds, which changes nothing.
@@ -235,7 +242,11 @@ impl RedisEngine {
     ) -> Result<(String, Vec<i64>), BackendError> {
         let lock = self.lock_key(key);
         let mut invocation = ACQUIRE.prepare_invoke();
-        invocation.key(&lock).arg(token).arg(millis(lease));
+        invocation
+            .key(&lock)
+            .arg(token)
+            .arg(millis(lease))
+            .arg(&self.holder_label);
         if let Some(giver) = giver {
             invocation.arg(giver);
         }
@@ -334,6 +345,20 @@ impl Engine for RedisEngine {
 
     fn subscribe<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Subscription> {
         Box::pin(RedisEngine::subscribe(self, key))
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LockInfo>, BackendError>> {
+        Box::pin(RedisEngine::inspect(self, key))
+    }
+
+    fn force_release<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LockInfo>, BackendError>> {
+        Box::pin(RedisEngine::force_release(self, key))
     }
 }
 

@@ -1,5 +1,5 @@
 -- Release the lock only if ARGV[1] still owns it. One round trip.
--- KEYS[1] lock key ("<owner token>:<fencing number>")
+-- KEYS[1] lock key ("<owner token>:<fencing number>[:<holder label>]")
 -- ARGV[1] owner token, ARGV[2] milliseconds to keep it (0: delete now; > 0: hold_at_least's rest),
 -- ARGV[3] the lock's wake-up channel
 -- Returns 1 when released (or shortened), 0 when the lock was not ours any more.

@@ -1,5 +1,5 @@
 -- Extend the lease only if ARGV[1] still owns the lock. One round trip per renewal.
--- KEYS[1] lock key ("<owner token>:<fencing number>")
+-- KEYS[1] lock key ("<owner token>:<fencing number>[:<holder label>]")
 -- ARGV[1] owner token, ARGV[2] lease in milliseconds
 -- Returns 1 when extended, 0 when the lock was not ours any more.
 local held = redis.call('GET', KEYS[1])
