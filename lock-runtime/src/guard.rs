@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,7 +15,9 @@ use crate::backend::Released;
 use crate::context;
 use crate::error::{BackendError, LockError};
 use crate::handoff::Handed;
+use crate::lease_extension;
 use crate::locker::LockerInner;
+use crate::options::check_lease;
 use crate::run_to_end::RunToEnd;
 
 /// The shared state of one acquisition in Redis. The guards of calls nested in its scope that
@@ -48,6 +50,8 @@ pub(crate) struct HeldLock {
     pub(crate) lease_end: Arc<LeaseEnd>,
     /// The watchdog (watchdog mode only).
     pub(crate) keeper: Mutex<Option<JoinHandle<()>>>,
+    /// Set by whoever releases in the backend: the last guard, or `Locker::close`.
+    pub(crate) release_claimed: AtomicBool,
 }
 
 /// Clocks drift and timers fire late: a client takes its lease as over this much before the
@@ -174,6 +178,15 @@ impl HeldLock {
 
     /// The release in the backend, done once by the last guard of this acquisition.
     pub(crate) async fn release_in_backend(&self) -> Result<(), LockError> {
+        // `Locker::close` released it already (and marked it lost).
+        if !self.claim_release() {
+            return Err(self.lease_lost());
+        }
+        self.release_claimed().await
+    }
+
+    /// The release in the backend, by the one caller that claimed it.
+    pub(crate) async fn release_claimed(&self) -> Result<(), LockError> {
         self.stop_keeper().await;
         let hold_until = *self
             .hold_until
@@ -215,7 +228,9 @@ impl HeldLock {
     async fn hand_over_or_release(&self, keep: Option<Duration>) -> Result<Released, BackendError> {
         let locker = &self.locker;
         let next = match keep {
-            None if self.handovers_in_a_row < locker.max_handovers_in_a_row => {
+            None if self.handovers_in_a_row < locker.max_handovers_in_a_row
+                && !locker.shutdown.is_closed() =>
+            {
                 locker.queues.next_in_line(&self.key)
             }
             _ => None,
@@ -320,6 +335,52 @@ impl LockGuard {
         }
     }
 
+    /// Makes a fixed lease last at least `lease` from now (ShedLock's `LockExtender`), for work
+    /// that turned out longer than planned: one owner-checked renewal in the backend. A lease that
+    /// already ends later is left as it is (never shortened).
+    ///
+    /// On a lock kept by the watchdog (taken without a fixed lease) there is nothing to extend:
+    /// the watchdog renews it while the guard lives, so this only reports whether it still holds.
+    ///
+    /// Errors: [`LockError::LeaseLost`] when the lock is gone (expired, or taken by another
+    /// holder): the guard is then marked lost, as [`LockGuard::is_lost`] says. A
+    /// [`LockError::Backend`] error means no answer came: the lease may or may not have been
+    /// extended, and the guard goes on counting with the lease it knew (the safe side).
+    /// [`LockError::InvalidOptions`] for a lease outside [`crate::MIN_LEASE`] to
+    /// [`crate::MAX_DURATION`].
+    ///
+    /// Cancel-safe: dropped while the renewal is in flight, the lease end this guard knows stays
+    /// the earlier one.
+    ///
+    /// ```
+    /// # use distlock_runtime as distlock; // what a user of the `distlock` facade writes
+    /// # async fn demo() -> Result<(), distlock::LockError> {
+    /// use std::time::Duration;
+    /// use distlock::{LockOptions, Locker};
+    ///
+    /// let locker = Locker::in_memory();
+    /// let guard = locker.acquire("import", LockOptions::new().lease(Duration::from_secs(60))).await?;
+    /// // ... the import is larger than usual: keep the lock for 5 more minutes from now ...
+    /// guard.extend(Duration::from_secs(300)).await?;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn extend(&self, lease: Duration) -> Result<(), LockError> {
+        let held = &self.held;
+        check_lease("lease", lease).map_err(|reason| LockError::InvalidOptions {
+            key: Some(held.key.clone()),
+            reason,
+        })?;
+        if held.is_lost() {
+            return Err(held.lease_lost());
+        }
+        if held.lease.is_none() {
+            return Ok(());
+        }
+        lease_extension::extend(held, lease, "its guard").await
+    }
+
     /// Runs `fut` inside this lock's scope: visible to [`crate::current`], and an acquire of the
     /// same key through the same [`crate::Locker`] within `fut` re-enters this lock (see
     /// [`crate::Locker::acquire`]).
@@ -353,7 +414,10 @@ impl LockGuard {
             // delivered).
             let runtime = held.locker.runtime.clone();
             let key = held.key.clone();
-            let release = async move { held.release_in_backend().await };
+            let shutdown = Arc::clone(&held.locker);
+            let release = shutdown
+                .shutdown
+                .track(async move { held.release_in_backend().await });
             RunToEnd::new(release, runtime, &key, "a release").await
         } else if held.is_lost() {
             Err(held.lease_lost())
@@ -369,7 +433,7 @@ impl Drop for LockGuard {
             return;
         }
         let held = Arc::clone(&self.held);
-        if !held.leave() {
+        if !held.leave() || held.is_release_claimed() {
             return;
         }
         // Never block or panic here: hand the release to the runtime. Without a runtime (dropped
@@ -382,11 +446,12 @@ impl Drop for LockGuard {
             return;
         };
         tracing::debug!(key = %held.key, fence = held.fence, "lock guard dropped without release; releasing in the background");
-        handle.spawn(async move {
+        let shutdown = Arc::clone(&held.locker);
+        handle.spawn(shutdown.shutdown.track(async move {
             if let Err(error) = held.release_in_backend().await {
                 tracing::warn!(key = %held.key, %error, "background release of a dropped lock guard failed");
             }
-        });
+        }));
     }
 }
 

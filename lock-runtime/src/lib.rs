@@ -63,10 +63,12 @@ mod context;
 mod error;
 mod guard;
 mod handoff;
+mod lease_extension;
 mod locker;
 mod options;
 mod reentry;
 mod run_to_end;
+mod shutdown;
 
 #[doc(hidden)]
 pub mod __private {

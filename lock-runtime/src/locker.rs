@@ -1,7 +1,7 @@
 //! `Locker`: the cheap-clone handle users hold. Acquire, wait, keep the lease, install a default.
 
 use std::fmt;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crate::guard::{HeldLock, LeaseEnd, LockGuard};
 use crate::handoff::{Claimed, Queues};
 use crate::options::{LockOptions, MAX_DURATION, check_lease};
 use crate::reentry;
+use crate::shutdown::Shutdown;
 
 /// The key prefix in Redis when none is set.
 pub const DEFAULT_KEY_PREFIX: &str = "lock:";
@@ -78,6 +79,8 @@ pub(crate) struct LockerInner {
     /// Tasks of this locker waiting for a lock, for hand-overs.
     pub(crate) queues: Queues,
     pub(crate) max_handovers_in_a_row: u32,
+    /// Live acquisitions and background releases, for [`Locker::close`].
+    pub(crate) shutdown: Shutdown,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,6 +144,7 @@ impl Locker {
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 queues: Queues::default(),
                 max_handovers_in_a_row,
+                shutdown: Shutdown::default(),
             }),
         }
     }
@@ -171,8 +175,21 @@ impl Locker {
     ///   nothing waits past the wait, not even a request that a stalled network swallowed.
     ///
     /// Errors: [`LockError::NotAcquired`] after the wait, [`LockError::Backend`] at once on a
-    /// connection or server fault, [`LockError::InvalidKey`] / [`LockError::InvalidOptions`].
+    /// connection or server fault, [`LockError::InvalidKey`] / [`LockError::InvalidOptions`],
+    /// [`LockError::Closed`] once [`Locker::close`] was called (also for an acquire still waiting
+    /// then).
     pub async fn acquire(
+        &self,
+        key: impl AsRef<str>,
+        options: LockOptions,
+    ) -> Result<LockGuard, LockError> {
+        let key = key.as_ref();
+        let acquire = self.acquire_open(key, options);
+        self.inner.shutdown.unless_closed(key, acquire).await
+    }
+
+    /// [`Locker::acquire`] on a locker that is not closed.
+    async fn acquire_open(
         &self,
         key: impl AsRef<str>,
         options: LockOptions,
@@ -276,6 +293,85 @@ impl Locker {
     pub fn watchdog_lease(&self) -> Duration {
         self.inner.watchdog_lease
     }
+
+    /// Takes the lock `key` if it is free, with one attempt and no wait (tokio's `try_lock`):
+    /// `Ok(None)` when another holder has it. `options` give the lease (or the watchdog) and
+    /// `hold_at_least`; their wait is not used. Like [`Locker::acquire`] otherwise: re-entrant by
+    /// call nesting, cancel-safe.
+    ///
+    /// Errors are real errors only, never "busy": [`LockError::Backend`],
+    /// [`LockError::InvalidKey`] / [`LockError::InvalidOptions`], [`LockError::LeaseLost`] (a
+    /// nested call that had to extend the enclosing lock found it gone), [`LockError::Closed`].
+    ///
+    /// ```
+    /// # use distlock_runtime as distlock; // what a user of the `distlock` facade writes
+    /// # async fn demo() -> Result<(), distlock::LockError> {
+    /// use std::time::Duration;
+    /// use distlock::{LockOptions, Locker};
+    ///
+    /// let locker = Locker::in_memory();
+    /// let lease = LockOptions::new().lease(Duration::from_secs(30));
+    /// let Some(guard) = locker.try_acquire("nightly-report", lease).await? else {
+    ///     return Ok(()); // another replica runs it
+    /// };
+    /// assert!(locker.try_acquire("nightly-report", lease).await?.is_none()); // busy, not an error
+    /// // ... write the report ...
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn try_acquire(
+        &self,
+        key: impl AsRef<str>,
+        options: LockOptions,
+    ) -> Result<Option<LockGuard>, LockError> {
+        // A zero wait is exactly one attempt (see `acquire`): busy is then `NotAcquired`.
+        match self.acquire(key, options.wait(Duration::ZERO)).await {
+            Ok(guard) => Ok(Some(guard)),
+            Err(LockError::NotAcquired { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Releases every lock this locker holds, waits for the releases running in the background,
+    /// and stops its watchdogs and connections; call it before the program exits.
+    ///
+    /// Without it, a guard dropped late in `main` (or still alive when `main` returns) may never
+    /// be released: its release runs in a task, and a runtime that is shutting down drops that
+    /// task before it has run. The lock then stays held until its lease runs out: the watchdog
+    /// lease ([`DEFAULT_WATCHDOG_LEASE`] by default), or the fixed lease, so the next run of a cron
+    /// job gets [`LockError::NotAcquired`].
+    ///
+    /// It closes every clone of this locker. Afterwards:
+    /// - [`Locker::acquire`] and [`Locker::try_acquire`] return [`LockError::Closed`], and so do
+    ///   acquires that were waiting when it was called (they stop waiting);
+    /// - a guard that was still alive is released and marked lost (its [`LockGuard::lost`]
+    ///   resolves, its [`LockGuard::release`] returns [`LockError::LeaseLost`]): its work is not
+    ///   exclusive any more. Release guards first to learn whether their leases held.
+    ///
+    /// Returns when each release has been answered (or has failed; failures are logged at WARN,
+    /// and such a lock expires with its lease): within one response timeout for a reachable
+    /// server. Calling it again does nothing more. Cancel-safe: releases already begun finish in
+    /// the background.
+    ///
+    /// ```
+    /// # use distlock_runtime as distlock; // what a user of the `distlock` facade writes
+    /// # async fn demo() -> Result<(), distlock::LockError> {
+    /// use std::time::Duration;
+    /// use distlock::{LockError, LockOptions, Locker};
+    ///
+    /// let locker = Locker::in_memory();
+    /// let guard = locker.acquire("cleanup", LockOptions::new()).await?;
+    /// drop(guard); // released in the background...
+    /// locker.close().await; // ...and by now released for sure
+    /// let after = locker.acquire("cleanup", LockOptions::new()).await;
+    /// assert!(matches!(after, Err(LockError::Closed { .. })));
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn close(&self) {
+        self.inner.close().await;
+    }
 }
 
 impl AsRef<Locker> for Locker {
@@ -345,11 +441,11 @@ impl LockerInner {
             return;
         };
         let inner = Arc::clone(self);
-        runtime.spawn(async move {
+        runtime.spawn(self.shutdown.track(async move {
             if let Err(error) = inner.backend.release(&key, &token, None).await {
                 tracing::warn!(key, %error, "clean-up of {of} failed; the lock expires with its lease");
             }
-        });
+        }));
     }
 
     /// Makes the guard of a lock just taken; `(fence, in_a_row)`: its fencing number and how many
@@ -396,7 +492,9 @@ impl LockerInner {
             lost,
             lease_end,
             keeper: Mutex::new(keeper),
+            release_claimed: AtomicBool::new(false),
         });
+        self.shutdown.register(&held);
         tracing::debug!(
             key,
             fence,

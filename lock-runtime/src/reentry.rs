@@ -13,7 +13,8 @@ use tokio::time::Instant;
 
 use crate::context;
 use crate::error::LockError;
-use crate::guard::{HeldLock, LeaseEnd, LockGuard};
+use crate::guard::LockGuard;
+use crate::lease_extension;
 use crate::locker::LockerInner;
 use crate::options::LockOptions;
 
@@ -38,7 +39,7 @@ pub(crate) async fn reenter(
     }
     if let Some(outer_lease) = held.lease {
         match options.lease_time() {
-            Some(lease) => extend(&held, lease).await?,
+            Some(lease) => lease_extension::extend(&held, lease, "a nested call").await?,
             None => return Err(watchdog_inside_fixed_lease(key, outer_lease)),
         }
     }
@@ -54,42 +55,6 @@ pub(crate) async fn reenter(
         "lock re-entered by a call nested in its scope"
     );
     Ok(Some(guard))
-}
-
-/// Makes the fixed lease of `held` last at least `lease` from now: one owner-checked renewal
-/// when that ends later than the lease it has, nothing otherwise.
-async fn extend(held: &HeldLock, lease: Duration) -> Result<(), LockError> {
-    let _one_at_a_time = held.extending.lock().await;
-    let sent = Instant::now();
-    let end = LeaseEnd::of(sent, lease);
-    if end <= held.lease_end.get() {
-        return Ok(());
-    }
-    let renewed = held
-        .locker
-        .backend
-        .renew(&held.key, &held.token, lease)
-        .await
-        .map_err(|e| LockError::backend(Some(&held.key), e))?;
-    if !renewed {
-        HeldLock::mark_lost(
-            &held.key,
-            held.fence,
-            &held.lost,
-            "extending the lease for a nested call found the lock expired or owned by another holder",
-        );
-        return Err(LockError::LeaseLost {
-            key: held.key.clone(),
-        });
-    }
-    held.lease_end.set(end);
-    tracing::debug!(
-        key = %held.key,
-        fence = held.fence,
-        ?lease,
-        "lock lease extended for a nested call"
-    );
-    Ok(())
 }
 
 fn watchdog_inside_fixed_lease(key: &str, outer_lease: Duration) -> LockError {

@@ -168,6 +168,17 @@ impl RedisBackend {
         conn.manager.clone()
     }
 
+    /// Stops the wake-up subscriber and lets the command connection go (the locker was closed):
+    /// the connection closes once no command uses it. A later command, if any, connects again.
+    pub(crate) fn close(&self) {
+        self.waiters.stop();
+        let (client, config) = &*self.remake;
+        match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+            Ok(idle) => *lock(&self.conn) = CommandConnection::new(idle),
+            Err(error) => tracing::debug!(%error, "lock command connection kept at close"),
+        }
+    }
+
     fn lock_key(&self, key: &str) -> String {
         format!("{}{{{}}}", self.prefix, key)
     }

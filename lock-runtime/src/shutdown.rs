@@ -1,0 +1,159 @@
+//! Closing a locker before the process exits: every lock it holds released, every release in the
+//! background finished, its watchdogs and connections stopped.
+//!
+//! Why it is needed: a guard dropped without `release().await` hands its release to a task. At
+//! the end of `#[tokio::main]` the runtime shuts down right after, and drops that task before
+//! (or while) it runs: the lock then stays held until its lease runs out. `Locker::close` awaits
+//! what a Drop can only start.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TrackedFuture;
+
+use crate::backend::Backend;
+use crate::error::LockError;
+use crate::guard::{HeldLock, LockGuard};
+use crate::locker::{LockerInner, lock};
+
+/// Why a lock released by `close` counts as lost for the guard that is still alive: from then on
+/// its holder's work is not exclusive any more.
+const CLOSED_WHILE_HELD: &str = "the locker was closed while the guard was alive";
+
+/// A locker's live acquisitions and its releases in the background.
+pub(crate) struct Shutdown {
+    /// Live acquisitions by address (an entry leaves when its `HeldLock` is dropped); `None` once
+    /// closed, so that a registration racing with `close` is told under the same lock.
+    held: Mutex<Option<HashMap<usize, Weak<HeldLock>>>>,
+    /// Cancelled by `close`: acquires waiting at that moment end with [`LockError::Closed`].
+    closed: CancellationToken,
+    /// Every release that runs apart from its caller (a dropped guard's, a cancelled acquire's
+    /// clean-up, a release finishing after its future was dropped).
+    background: TaskTracker,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            held: Mutex::new(Some(HashMap::new())),
+            closed: CancellationToken::new(),
+            background: TaskTracker::new(),
+        }
+    }
+}
+
+/// The registry's key of an acquisition: its address, unique while it lives (and it leaves the
+/// registry in its Drop, before the address can be reused).
+fn id(held: &HeldLock) -> usize {
+    std::ptr::from_ref(held) as usize
+}
+
+impl Shutdown {
+    /// Records a lock just taken, for `close`. Taken after `close` (an acquire that was past its
+    /// last await when the locker closed), it is marked lost at once and released by its guard.
+    pub(crate) fn register(&self, held: &Arc<HeldLock>) {
+        match lock(&self.held).as_mut() {
+            Some(live) => {
+                live.insert(id(held), Arc::downgrade(held));
+            }
+            None => HeldLock::mark_lost(&held.key, held.fence, &held.lost, CLOSED_WHILE_HELD),
+        }
+    }
+
+    /// True once `close` began: releases then release for everyone, with no hand-over to a
+    /// waiting task of this locker (whose acquire is ending with `Closed`).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Counts `work` among the background releases that `close` waits for.
+    pub(crate) fn track<F: Future>(&self, work: F) -> TrackedFuture<F> {
+        self.background.track_future(work)
+    }
+
+    /// Runs an acquire unless the locker is closed before it returns.
+    pub(crate) async fn unless_closed(
+        &self,
+        key: &str,
+        acquire: impl Future<Output = Result<LockGuard, LockError>>,
+    ) -> Result<LockGuard, LockError> {
+        let closed = || LockError::Closed {
+            key: key.to_owned(),
+        };
+        if self.closed.is_cancelled() {
+            return Err(closed());
+        }
+        // An acquire dropped mid-way leaves nothing held (it is cancel-safe), so closing may cut
+        // a wait short.
+        let guard = tokio::select! {
+            biased;
+            () = self.closed.cancelled() => return Err(closed()),
+            acquired = acquire => acquired?,
+        };
+        if self.closed.is_cancelled() {
+            // Taken while `close` ran: dropping the guard releases it, and `close` waits for that.
+            drop(guard);
+            return Err(closed());
+        }
+        Ok(guard)
+    }
+}
+
+impl HeldLock {
+    /// True for the one caller that gets to release this acquisition in the backend: its last
+    /// guard, or `close`, whichever comes first.
+    pub(crate) fn claim_release(&self) -> bool {
+        !self.release_claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// True once released in the backend, or being released: by `close`, if asked from a guard.
+    pub(crate) fn is_release_claimed(&self) -> bool {
+        self.release_claimed.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if let Some(live) = lock(&self.locker.shutdown.held).as_mut() {
+            live.remove(&id(self));
+        }
+    }
+}
+
+impl LockerInner {
+    /// See [`crate::Locker::close`].
+    pub(crate) async fn close(self: &Arc<Self>) {
+        let shutdown = &self.shutdown;
+        shutdown.closed.cancel();
+        let live = lock(&shutdown.held).take().unwrap_or_default();
+        for held in live.values().filter_map(Weak::upgrade) {
+            if !held.claim_release() {
+                // Its guard is releasing it already, in a task `background` tracks.
+                continue;
+            }
+            HeldLock::mark_lost(&held.key, held.fence, &held.lost, CLOSED_WHILE_HELD);
+            // Spawned, so that the releases run side by side and each finishes even if this
+            // future is dropped.
+            shutdown.background.spawn(async move {
+                if let Err(error) = held.release_claimed().await
+                    && !error.is_lease_lost()
+                {
+                    tracing::warn!(key = %held.key, %error, "release at close failed; the lock expires with its lease");
+                }
+            });
+        }
+        // `close` lets `wait` end once no task is left; releases started meanwhile (a hand-over
+        // to a waiter that is gone) are waited for too.
+        shutdown.background.close();
+        shutdown.background.wait().await;
+        match &self.backend {
+            Backend::Redis(redis) => redis.close(),
+            Backend::Memory(_) => {}
+        }
+        tracing::debug!("locker closed");
+    }
+}
