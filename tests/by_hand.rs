@@ -287,6 +287,50 @@ async fn close_ends_a_waiting_acquire(fx: Fixture) {
     );
 }
 
+/// How many clients the server has, by `CLIENT LIST` on `conn` (which counts itself).
+async fn clients(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .expect("CLIENT LIST");
+    list.lines().count()
+}
+
+async fn close_stops_the_lockers_connections(fx: Fixture) {
+    if !fx.is_redis() {
+        return; // the memory backend has no connections
+    }
+    let guard = fx
+        .locker
+        .acquire("connected", LockOptions::new())
+        .await
+        .expect("acquire");
+    drop(guard);
+    let mut conn = fx.server().client().await;
+    assert!(
+        clients(&mut conn).await > 1,
+        "the locker's connections are not there to begin with"
+    );
+    fx.locker.close().await;
+    // A closed connection leaves the server's list once the server has read the close: a round
+    // trip when idle; 10 s for a loaded machine.
+    let bound = Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let left = clients(&mut conn).await;
+        if left == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} connections of the closed locker still open after {bound:?}",
+            left - 1
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 both_backends!(
     try_acquire_takes_a_free_lock_and_says_none_when_busy,
     try_acquire_reports_real_errors,
@@ -296,4 +340,5 @@ both_backends!(
     extending_a_watchdog_lock_only_reports_that_it_holds,
     close_releases_every_lock_it_holds_and_refuses_new_ones,
     close_ends_a_waiting_acquire,
+    close_stops_the_lockers_connections,
 );

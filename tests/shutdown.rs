@@ -2,7 +2,9 @@
 //! gone, if it calls `Locker::close` before returning from `main`. The control shows why that is
 //! needed: without it, the lock outlives the process until its lease runs out.
 //!
-//! Runs `examples/exit_after_lock.rs` (built by `cargo test`) against a private redis-server.
+//! Runs `examples/exit_after_lock.rs` against a private redis-server. A plain `cargo test` builds
+//! it; `cargo test --test shutdown` alone does not: run `cargo build --example exit_after_lock`
+//! first, or an older build of it is what runs.
 
 mod support;
 
