@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use distlock::{LockError, LockOptions, Locker};
+use distlock::{LockError, LockOptions, Locker, distributed_lock};
 use support::fixture::Fixture;
 
 /// A lease no test outlives: a lock still there was not released, not left to expire.
@@ -287,6 +287,23 @@ async fn close_ends_a_waiting_acquire(fx: Fixture) {
     );
 }
 
+/// The body of a locked fn has no guard: it extends through `current()`.
+#[distributed_lock(key = "nightly", lease = "500ms", locker = locker)]
+async fn locked_job_that_runs_long(locker: &Locker) -> Result<bool, LockError> {
+    let lock = distlock::current().expect("inside the locked body");
+    lock.extend(LONG).await?;
+    // Past the fn's lease (twice over, for a loaded machine).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(lock.is_lost())
+}
+
+async fn a_locked_body_extends_its_lock_through_current(fx: Fixture) {
+    let lost = locked_job_that_runs_long(&fx.locker)
+        .await
+        .expect("the job's lock held past its lease");
+    assert!(!lost, "the extended lease ran out");
+}
+
 /// How many clients the server has, by `CLIENT LIST` on `conn` (which counts itself).
 async fn clients(conn: &mut redis::aio::MultiplexedConnection) -> usize {
     let list: String = redis::cmd("CLIENT")
@@ -341,4 +358,5 @@ both_backends!(
     close_releases_every_lock_it_holds_and_refuses_new_ones,
     close_ends_a_waiting_acquire,
     close_stops_the_lockers_connections,
+    a_locked_body_extends_its_lock_through_current,
 );

@@ -21,7 +21,8 @@ use crate::options::check_lease;
 use crate::run_to_end::RunToEnd;
 
 /// The shared state of one acquisition in Redis. The guards of calls nested in its scope that
-/// re-entered it share it.
+/// re-entered it share it. While it lives, its locker's `close` can find it (`shutdown.rs`, which
+/// also holds its `Drop`).
 pub(crate) struct HeldLock {
     pub(crate) locker: Arc<LockerInner>,
     pub(crate) key: String,
@@ -266,6 +267,21 @@ impl HeldLock {
         }
     }
 
+    /// See [`LockGuard::extend`].
+    async fn extend(&self, lease: Duration) -> Result<(), LockError> {
+        check_lease("lease", lease).map_err(|reason| LockError::InvalidOptions {
+            key: Some(self.key.clone()),
+            reason,
+        })?;
+        if self.is_lost() {
+            return Err(self.lease_lost());
+        }
+        if self.lease.is_none() {
+            return Ok(());
+        }
+        lease_extension::extend(self, lease, "its holder").await
+    }
+
     fn lease_lost(&self) -> LockError {
         LockError::LeaseLost {
             key: self.key.clone(),
@@ -367,18 +383,7 @@ impl LockGuard {
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
     /// ```
     pub async fn extend(&self, lease: Duration) -> Result<(), LockError> {
-        let held = &self.held;
-        check_lease("lease", lease).map_err(|reason| LockError::InvalidOptions {
-            key: Some(held.key.clone()),
-            reason,
-        })?;
-        if held.is_lost() {
-            return Err(held.lease_lost());
-        }
-        if held.lease.is_none() {
-            return Ok(());
-        }
-        lease_extension::extend(held, lease, "its guard").await
+        self.held.extend(lease).await
     }
 
     /// Runs `fut` inside this lock's scope: visible to [`crate::current`], and an acquire of the
@@ -500,6 +505,34 @@ impl LockHandle {
     /// Resolves when the lease is lost.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         self.held.lost()
+    }
+
+    /// Makes a fixed lease last at least `lease` from now; see [`LockGuard::extend`]. This is how
+    /// the body of a `#[distributed_lock]` fn, which has no guard, extends its own lock.
+    ///
+    /// ```
+    /// # use distlock_runtime as distlock; // what a user of the `distlock` facade writes
+    /// # async fn demo() -> Result<(), distlock::LockError> {
+    /// use std::time::Duration;
+    /// use distlock::{LockOptions, Locker};
+    ///
+    /// let locker = Locker::in_memory();
+    /// let guard = locker.acquire("import", LockOptions::new().lease(Duration::from_secs(60))).await?;
+    /// guard
+    ///     .scope(async {
+    ///         // ... deep inside the locked work, with no guard at hand ...
+    ///         if let Some(lock) = distlock::current() {
+    ///             lock.extend(Duration::from_secs(300)).await?;
+    ///         }
+    ///         Ok::<(), distlock::LockError>(())
+    ///     })
+    ///     .await?;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn extend(&self, lease: Duration) -> Result<(), LockError> {
+        self.held.extend(lease).await
     }
 }
 
