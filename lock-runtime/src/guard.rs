@@ -179,9 +179,13 @@ impl HeldLock {
 
     /// The release in the backend, done once by the last guard of this acquisition.
     pub(crate) async fn release_in_backend(&self) -> Result<(), LockError> {
-        // `Locker::close` released it already (and marked it lost).
+        // `Locker::close` released it already, and marked it lost if a guard was still alive.
         if !self.claim_release() {
-            return Err(self.lease_lost());
+            return if self.is_lost() {
+                Err(self.lease_lost())
+            } else {
+                Ok(())
+            };
         }
         self.release_claimed().await
     }
@@ -419,8 +423,8 @@ impl LockGuard {
             // delivered).
             let runtime = held.locker.runtime.clone();
             let key = held.key.clone();
-            let shutdown = Arc::clone(&held.locker);
-            let release = shutdown
+            let locker = Arc::clone(&held.locker);
+            let release = locker
                 .shutdown
                 .track(async move { held.release_in_backend().await });
             RunToEnd::new(release, runtime, &key, "a release").await
@@ -451,8 +455,8 @@ impl Drop for LockGuard {
             return;
         };
         tracing::debug!(key = %held.key, fence = held.fence, "lock guard dropped without release; releasing in the background");
-        let shutdown = Arc::clone(&held.locker);
-        handle.spawn(shutdown.shutdown.track(async move {
+        let locker = Arc::clone(&held.locker);
+        handle.spawn(locker.shutdown.track(async move {
             if let Err(error) = held.release_in_backend().await {
                 tracing::warn!(key = %held.key, %error, "background release of a dropped lock guard failed");
             }

@@ -357,7 +357,6 @@ impl Locker {
     /// ```
     /// # use distlock_runtime as distlock; // what a user of the `distlock` facade writes
     /// # async fn demo() -> Result<(), distlock::LockError> {
-    /// use std::time::Duration;
     /// use distlock::{LockError, LockOptions, Locker};
     ///
     /// let locker = Locker::in_memory();

@@ -135,7 +135,11 @@ impl LockerInner {
                 // Its guard is releasing it already, in a task `background` tracks.
                 continue;
             }
-            HeldLock::mark_lost(&held.key, held.fence, &held.lost, CLOSED_WHILE_HELD);
+            // With no guard left, its last guard's release is on its way: nobody is working
+            // under it, so nobody is to be told of a loss.
+            if held.guards.load(Ordering::Acquire) > 0 {
+                HeldLock::mark_lost(&held.key, held.fence, &held.lost, CLOSED_WHILE_HELD);
+            }
             // Spawned, so that the releases run side by side and each finishes even if this
             // future is dropped.
             shutdown.background.spawn(async move {
