@@ -349,10 +349,11 @@ impl Locker {
     ///   resolves, its [`LockGuard::release`] returns [`LockError::LeaseLost`]): its work is not
     ///   exclusive any more. Release guards first to learn whether their leases held.
     ///
-    /// Returns when each release has been answered (or has failed; failures are logged at WARN,
-    /// and such a lock expires with its lease): within one response timeout for a reachable
-    /// server. Calling it again does nothing more. Cancel-safe: releases already begun finish in
-    /// the background.
+    /// Returns when each release has been answered or has failed (a failure is logged at WARN,
+    /// and that lock expires with its lease). The releases run side by side, each bounded by the
+    /// response timeout, so even with the server unreachable this takes about one response
+    /// timeout ([`DEFAULT_RESPONSE_TIMEOUT`] by default). Calling it again does nothing more.
+    /// Cancel-safe: releases already begun finish in the background.
     ///
     /// ```
     /// # use distlock_runtime as distlock; // what a user of the `distlock` facade writes

@@ -31,8 +31,8 @@ pub(crate) struct Shutdown {
     held: Mutex<Option<HashMap<usize, Weak<HeldLock>>>>,
     /// Cancelled by `close`: acquires waiting at that moment end with [`LockError::Closed`].
     closed: CancellationToken,
-    /// Every release that runs apart from its caller (a dropped guard's, a cancelled acquire's
-    /// clean-up, a release finishing after its future was dropped).
+    /// Every release under way: an explicit `release()` (also one finishing in the background
+    /// after its future was dropped), a dropped guard's, a cancelled acquire's clean-up.
     background: TaskTracker,
 }
 
