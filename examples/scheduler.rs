@@ -314,6 +314,9 @@ async fn run_replica(cli: Cli) -> Result<bool, Error> {
     searcher.abort();
     let _ = searcher.await;
     replica.flush(locked).await;
+    // Before the process exits: a release still in the background would otherwise be dropped
+    // with the runtime, and its lock held until its lease ran out.
+    distlock::default_locker()?.close().await;
     let mut conn = replica.data.clone();
     let searched = replica.searched.load(Ordering::SeqCst);
     conn.hset::<_, _, _, ()>(SEARCHED, replica.id, searched)

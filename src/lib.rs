@@ -93,7 +93,13 @@
 //! # By hand
 //!
 //! [`Locker::acquire`] with [`LockOptions`] returns a [`LockGuard`]: its fencing token, its lost
-//! signal, and `release()`. See the runtime's documentation for the Redis data model.
+//! signal, [`LockGuard::extend`] for a fixed lease, and `release()`. [`Locker::try_acquire`] makes
+//! one attempt and returns `Ok(None)` when the lock is busy. See the runtime's documentation for
+//! the Redis data model.
+//!
+//! Before the process exits, call [`Locker::close`]: a guard dropped late in `main` releases in a
+//! background task that the runtime's shutdown may drop before it runs, and the lock then stays
+//! held until its lease runs out.
 //!
 //! # Operating it
 //!

@@ -62,6 +62,17 @@ pub enum LockError {
         reason: String,
     },
 
+    /// The locker was closed ([`crate::Locker::close`]): it takes no more locks, and an acquire
+    /// still waiting when it was closed ends with this.
+    #[error(
+        "lock `{key}` was not acquired: its locker was closed (`Locker::close`); take locks \
+         before closing it, or make a new locker"
+    )]
+    Closed {
+        /// The lock's key, as the caller gave it.
+        key: String,
+    },
+
     /// `#[distributed_lock]` without `locker = ...` ran before a default locker was installed.
     #[error(
         "no default locker is installed: call `distlock::install(Locker::connect(url).await?)` \
@@ -278,6 +289,8 @@ impl LockError {
 ///   I/O error under it through `source()`; the backend error stays reachable through the
 ///   `LockError` inside.
 /// - `InvalidKey` and `InvalidOptions` are [`InvalidInput`](std::io::ErrorKind::InvalidInput).
+/// - `Closed` is [`Other`](std::io::ErrorKind::Other): the program is shutting down its locks;
+///   no kind says that, and `NotConnected` would send a reader looking for a network fault.
 /// - `NoDefaultLocker` is [`Other`](std::io::ErrorKind::Other): a set-up mistake, which
 ///   `NotFound` would disguise as a missing resource (a web framework would answer 404).
 ///
@@ -300,6 +313,7 @@ impl From<LockError> for std::io::Error {
             LockError::NotAcquired { .. } => ErrorKind::ResourceBusy,
             LockError::LeaseLost { .. }
             | LockError::Backend { .. }
+            | LockError::Closed { .. }
             | LockError::NoDefaultLocker => ErrorKind::Other,
             LockError::InvalidKey { .. } | LockError::InvalidOptions { .. } => {
                 ErrorKind::InvalidInput
@@ -345,6 +359,7 @@ mod io_error_tests {
             }),
             ErrorKind::InvalidInput
         );
+        assert_eq!(kind(LockError::Closed { key: key() }), ErrorKind::Other);
         assert_eq!(kind(LockError::NoDefaultLocker), ErrorKind::Other);
     }
 

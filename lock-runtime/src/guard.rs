@@ -5,9 +5,10 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::LockError;
-use crate::protocol::release;
+use crate::protocol::{lease_extension, release};
 use crate::shared::held::{HeldLock, looks_lost};
 use crate::shared::scopes;
 
@@ -78,6 +79,40 @@ impl LockGuard {
     /// [`crate::Locker::acquire`]).
     pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
         scopes::scope(Arc::clone(&self.held), fut).await
+    }
+
+    /// Makes a fixed lease last at least `lease` from now (ShedLock's `LockExtender`), for work
+    /// that turned out longer than planned: one owner-checked renewal in the engine. A lease that
+    /// already ends later is left as it is (never shortened).
+    ///
+    /// On a lock kept by the watchdog (taken without a fixed lease) there is nothing to extend:
+    /// the watchdog renews it while the guard lives, so this only reports whether it still holds.
+    ///
+    /// Errors: [`LockError::LeaseLost`] when the lock is gone (expired, or taken by another
+    /// holder): the guard is then marked lost, as [`LockGuard::is_lost`] says. A
+    /// [`LockError::Backend`] error means no answer came: the lease may or may not have been
+    /// extended, and the guard goes on counting with the lease it knew (the safe side).
+    /// [`LockError::InvalidOptions`] for a lease outside [`crate::MIN_LEASE`] to
+    /// [`crate::MAX_DURATION`].
+    ///
+    /// Cancel-safe: dropped while the renewal is in flight, the lease end this guard knows stays
+    /// the earlier one.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), distlock::LockError> {
+    /// use std::time::Duration;
+    /// use distlock::{LockOptions, Locker};
+    ///
+    /// let locker = Locker::in_memory();
+    /// let guard = locker.acquire("import", LockOptions::new().lease(Duration::from_secs(60))).await?;
+    /// // ... the import is larger than usual: keep the lock for 5 more minutes from now ...
+    /// guard.extend(Duration::from_secs(300)).await?;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn extend(&self, lease: Duration) -> Result<(), LockError> {
+        lease_extension::extend_by_holder(&self.held, lease).await
     }
 
     /// Releases the lock: deletes it in Redis if this is the last guard of its acquisition (the
@@ -160,6 +195,33 @@ impl LockHandle {
     /// Resolves when the lease is lost.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         self.held.lost()
+    }
+
+    /// Makes a fixed lease last at least `lease` from now; see [`LockGuard::extend`]. This is how
+    /// the body of a `#[distributed_lock]` fn, which has no guard, extends its own lock.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), distlock::LockError> {
+    /// use std::time::Duration;
+    /// use distlock::{LockOptions, Locker};
+    ///
+    /// let locker = Locker::in_memory();
+    /// let guard = locker.acquire("import", LockOptions::new().lease(Duration::from_secs(60))).await?;
+    /// guard
+    ///     .scope(async {
+    ///         // ... deep inside the locked work, with no guard at hand ...
+    ///         if let Some(lock) = distlock::current() {
+    ///             lock.extend(Duration::from_secs(300)).await?;
+    ///         }
+    ///         Ok::<(), distlock::LockError>(())
+    ///     })
+    ///     .await?;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn extend(&self, lease: Duration) -> Result<(), LockError> {
+        lease_extension::extend_by_holder(&self.held, lease).await
     }
 }
 

@@ -119,6 +119,7 @@ impl Locker {
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 queues: Queues::default(),
                 max_handovers_in_a_row,
+                shutdown: Default::default(),
             }),
         }
     }
@@ -149,15 +150,112 @@ impl Locker {
     ///   nothing waits past the wait, not even a request that a stalled network swallowed.
     ///
     /// Errors: [`LockError::NotAcquired`] after the wait, [`LockError::Backend`] at once on a
-    /// connection or server fault, [`LockError::InvalidKey`] / [`LockError::InvalidOptions`].
+    /// connection or server fault, [`LockError::InvalidKey`] / [`LockError::InvalidOptions`],
+    /// [`LockError::Closed`] once [`Locker::close`] was called (also for an acquire still waiting
+    /// then).
     pub async fn acquire(
         &self,
         key: impl AsRef<str>,
         options: LockOptions,
     ) -> Result<LockGuard, LockError> {
-        acquire::acquire(&self.shared, key.as_ref(), options)
-            .await
-            .map(LockGuard::new)
+        let key = key.as_ref();
+        let shutdown = &self.shared.shutdown;
+        let closed = || LockError::Closed {
+            key: key.to_owned(),
+        };
+        if shutdown.is_closed() {
+            return Err(closed());
+        }
+        // An acquire dropped mid-way leaves nothing held (it is cancel-safe), so closing may cut
+        // a wait short.
+        let guard = tokio::select! {
+            biased;
+            () = shutdown.closed.cancelled() => return Err(closed()),
+            acquired = acquire::acquire(&self.shared, key, options) => LockGuard::new(acquired?),
+        };
+        if shutdown.is_closed() {
+            // Taken while `close` ran: dropping the guard releases it, and `close` waits for that.
+            drop(guard);
+            return Err(closed());
+        }
+        Ok(guard)
+    }
+
+    /// Takes the lock `key` if it is free, with one attempt and no wait (tokio's `try_lock`):
+    /// `Ok(None)` when another holder has it. `options` give the lease (or the watchdog) and
+    /// `hold_at_least`; their wait is not used. Like [`Locker::acquire`] otherwise: re-entrant by
+    /// call nesting, cancel-safe.
+    ///
+    /// Errors are real errors only, never "busy": [`LockError::Backend`],
+    /// [`LockError::InvalidKey`] / [`LockError::InvalidOptions`], [`LockError::LeaseLost`] (a
+    /// nested call that had to extend the enclosing lock found it gone), [`LockError::Closed`].
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), distlock::LockError> {
+    /// use std::time::Duration;
+    /// use distlock::{LockOptions, Locker};
+    ///
+    /// let locker = Locker::in_memory();
+    /// let lease = LockOptions::new().lease(Duration::from_secs(30));
+    /// let Some(guard) = locker.try_acquire("nightly-report", lease).await? else {
+    ///     return Ok(()); // another replica runs it
+    /// };
+    /// assert!(locker.try_acquire("nightly-report", lease).await?.is_none()); // busy, not an error
+    /// // ... write the report ...
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn try_acquire(
+        &self,
+        key: impl AsRef<str>,
+        options: LockOptions,
+    ) -> Result<Option<LockGuard>, LockError> {
+        // A zero wait is exactly one attempt (see `acquire`): busy is then `NotAcquired`.
+        match self.acquire(key, options.wait(Duration::ZERO)).await {
+            Ok(guard) => Ok(Some(guard)),
+            Err(LockError::NotAcquired { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Releases every lock this locker holds, waits for the releases running in the background,
+    /// and stops its watchdogs and connections; call it before the program exits.
+    ///
+    /// Without it, a guard dropped late in `main` (or still alive when `main` returns) may never
+    /// be released: its release runs in a task, and a runtime that is shutting down drops that
+    /// task before it has run. The lock then stays held until its lease runs out: the watchdog
+    /// lease ([`DEFAULT_WATCHDOG_LEASE`] by default), or the fixed lease, so the next run of a cron
+    /// job gets [`LockError::NotAcquired`].
+    ///
+    /// It closes every clone of this locker. Afterwards:
+    /// - [`Locker::acquire`] and [`Locker::try_acquire`] return [`LockError::Closed`], and so do
+    ///   acquires that were waiting when it was called (they stop waiting);
+    /// - a guard that was still alive is released and marked lost (its [`LockGuard::lost`]
+    ///   resolves, its [`LockGuard::release`] returns [`LockError::LeaseLost`]): its work is not
+    ///   exclusive any more. Release guards first to learn whether their leases held.
+    ///
+    /// Returns when each release has been answered or has failed (a failure is logged at WARN,
+    /// and that lock expires with its lease). The releases run side by side, each bounded by the
+    /// response timeout, so even with the server unreachable this takes about one response
+    /// timeout ([`DEFAULT_RESPONSE_TIMEOUT`] by default). Calling it again does nothing more.
+    /// Cancel-safe: releases already begun finish in the background.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), distlock::LockError> {
+    /// use distlock::{LockError, LockOptions, Locker};
+    ///
+    /// let locker = Locker::in_memory();
+    /// let guard = locker.acquire("cleanup", LockOptions::new()).await?;
+    /// drop(guard); // released in the background...
+    /// locker.close().await; // ...and by now released for sure
+    /// let after = locker.acquire("cleanup", LockOptions::new()).await;
+    /// assert!(matches!(after, Err(LockError::Closed { .. })));
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn close(&self) {
+        crate::protocol::close::close(&self.shared).await;
     }
 
     /// The watchdog lease of this locker.

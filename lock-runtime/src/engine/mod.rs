@@ -128,6 +128,10 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// fails and never waits long: the waiter's deadline bounds it from outside too.
     fn subscribe<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Subscription>;
 
+    /// The locker was closed (`Locker::close`): stop background work and let connections go. A
+    /// later call, if any, may start them again.
+    fn close(&self) {}
+
     /// For operators: what the lock `key` records (holder label, lease left, fencing number),
     /// changing nothing; `None` when it is free. One round trip.
     fn inspect<'a>(&'a self, key: &'a str)

@@ -2,7 +2,7 @@
 //! until a release, a hand-over, the holder's expiry or the deadline), and the state of a lock
 //! just taken. Re-entry by call nesting is tried first (see [`super::reentry`]).
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -244,7 +244,9 @@ fn hold(
         lost,
         lease_end,
         keeper: Mutex::new(keeper),
+        release_claimed: AtomicBool::new(false),
     });
+    shared.shutdown.register(&held);
     crate::metrics::acquired(key, started.elapsed());
     tracing::debug!(
         key,

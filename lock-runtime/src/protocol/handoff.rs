@@ -81,7 +81,9 @@ pub(crate) async fn hand_over_or_release(
 ) -> Result<Released, BackendError> {
     let shared = &held.shared;
     let next = match keep {
-        None if held.handovers_in_a_row < shared.max_handovers_in_a_row => {
+        None if held.handovers_in_a_row < shared.max_handovers_in_a_row
+            && !shared.shutdown.is_closed() =>
+        {
             next_in_line(shared, &held.key)
         }
         _ => None,

@@ -3,7 +3,9 @@
 //! engine: what differs per engine is behind `crate::engine::Engine`.
 
 pub(crate) mod acquire;
+pub(crate) mod close;
 pub(crate) mod handoff;
+pub(crate) mod lease_extension;
 pub(crate) mod reentry;
 pub(crate) mod release;
 pub(crate) mod run_to_end;

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::lease_extension::extend;
 use crate::error::LockError;
 use crate::options::LockOptions;
 use crate::shared::Shared;
-use crate::shared::held::{HeldLock, LeaseEnd};
+use crate::shared::held::HeldLock;
 use crate::shared::scopes;
 
 /// The enclosing acquisition of `key`, with one more guard counted for the caller (which wraps it
@@ -39,7 +40,7 @@ pub(crate) async fn reenter(
     }
     if let Some(outer_lease) = held.lease {
         match options.lease_time() {
-            Some(lease) => extend(&held, lease).await?,
+            Some(lease) => extend(&held, lease, "a nested call").await?,
             None => return Err(watchdog_inside_fixed_lease(key, outer_lease)),
         }
     }
@@ -55,43 +56,6 @@ pub(crate) async fn reenter(
         "lock re-entered by a call nested in its scope"
     );
     Ok(Some(held))
-}
-
-/// Makes the fixed lease of `held` last at least `lease` from now: one owner-checked renewal
-/// when that ends later than the lease it has, nothing otherwise.
-async fn extend(held: &HeldLock, lease: Duration) -> Result<(), LockError> {
-    let _one_at_a_time = held.extending.lock().await;
-    let sent = Instant::now();
-    let end = LeaseEnd::of(sent, lease);
-    if end <= held.lease_end.get() {
-        return Ok(());
-    }
-    let renewed = held
-        .shared
-        .engine
-        .renew(&held.key, &held.token, lease)
-        .await
-        .inspect_err(|_| crate::metrics::backend_error(&held.key, crate::metrics::Op::Renew))
-        .map_err(|e| LockError::backend(Some(&held.key), e))?;
-    if !renewed {
-        HeldLock::mark_lost(
-            &held.key,
-            held.fence,
-            &held.lost,
-            "extending the lease for a nested call found the lock expired or owned by another holder",
-        );
-        return Err(LockError::LeaseLost {
-            key: held.key.clone(),
-        });
-    }
-    held.lease_end.set(end);
-    tracing::debug!(
-        key = %held.key,
-        fence = held.fence,
-        ?lease,
-        "lock lease extended for a nested call"
-    );
-    Ok(())
 }
 
 fn watchdog_inside_fixed_lease(key: &str, outer_lease: Duration) -> LockError {

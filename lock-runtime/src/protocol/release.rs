@@ -20,13 +20,20 @@ use crate::shared::held::HeldLock;
 pub(crate) async fn release(held: Arc<HeldLock>) -> Result<(), LockError> {
     let runtime = held.shared.runtime.clone();
     let key = held.key.clone();
-    let release = async move { release_in_engine(&held).await };
+    let shared = Arc::clone(&held.shared);
+    let release = shared
+        .shutdown
+        .track(async move { release_in_engine(&held).await });
     RunToEnd::new(release, runtime, &key, "a release").await
 }
 
 /// The release of a dropped last guard: handed to the runtime, never blocking or panicking.
 /// Without a runtime (dropped after it shut down) the lease's expiry frees the lock.
 pub(crate) fn release_dropped(held: Arc<HeldLock>) {
+    // `Locker::close` released it already, or is releasing it.
+    if held.is_release_claimed() {
+        return;
+    }
     let handle = tokio::runtime::Handle::try_current()
         .ok()
         .or_else(|| held.shared.runtime.clone());
@@ -35,11 +42,12 @@ pub(crate) fn release_dropped(held: Arc<HeldLock>) {
         return;
     };
     tracing::debug!(key = %held.key, fence = held.fence, "lock guard dropped without release; releasing in the background");
-    handle.spawn(async move {
+    let shared = Arc::clone(&held.shared);
+    handle.spawn(shared.shutdown.track(async move {
         if let Err(error) = release_in_engine(&held).await {
             tracing::warn!(key = %held.key, %error, "background release of a dropped lock guard failed");
         }
-    });
+    }));
 }
 
 /// Stops the keeper and waits until it has stopped, so no renewal is sent after this returns.
@@ -58,8 +66,21 @@ async fn stop_keeper(held: &HeldLock) {
     }
 }
 
-/// The release in the engine, done once by the last guard of this acquisition.
+/// The release in the engine, done once by the last guard of this acquisition, unless
+/// `Locker::close` released it first (and marked it lost if a guard was still alive).
 async fn release_in_engine(held: &HeldLock) -> Result<(), LockError> {
+    if !held.claim_release() {
+        return if held.is_lost() {
+            Err(held.lease_lost())
+        } else {
+            Ok(())
+        };
+    }
+    release_claimed(held).await
+}
+
+/// The release in the engine, by the one caller that claimed it (see `HeldLock::claim_release`).
+pub(crate) async fn release_claimed(held: &HeldLock) -> Result<(), LockError> {
     crate::metrics::held(&held.key, held.acquired_at.elapsed());
     stop_keeper(held).await;
     let hold_until = *held

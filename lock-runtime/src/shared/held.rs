@@ -2,7 +2,7 @@
 //! signal, its guards (the outer call's and those of calls nested in its scope), and its keeper.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ pub(crate) struct HeldLock {
     pub(crate) lease_end: Arc<LeaseEnd>,
     /// The watchdog (watchdog mode only).
     pub(crate) keeper: Mutex<Option<JoinHandle<()>>>,
+    /// Set by whoever releases in the engine: the last guard, or `Locker::close`.
+    pub(crate) release_claimed: AtomicBool,
 }
 
 /// Clocks drift and timers fire late: a client takes its lease as over this much before the

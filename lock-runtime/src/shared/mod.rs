@@ -14,6 +14,7 @@ use crate::engine::Engine;
 pub(crate) mod held;
 pub(crate) mod queues;
 pub(crate) mod scopes;
+pub(crate) mod shutdown;
 
 use queues::Queues;
 
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     /// Tasks of this locker waiting for a lock, for hand-overs.
     pub(crate) queues: Queues,
     pub(crate) max_handovers_in_a_row: u32,
+    /// Live acquisitions and background releases, for `Locker::close`.
+    pub(crate) shutdown: shutdown::Shutdown,
 }
 
 impl Shared {
@@ -48,11 +51,11 @@ impl Shared {
             return;
         };
         let shared = Arc::clone(self);
-        runtime.spawn(async move {
+        runtime.spawn(self.shutdown.track(async move {
             if let Err(error) = shared.engine.release(&key, &token, None).await {
                 crate::metrics::backend_error(&key, crate::metrics::Op::Release);
                 tracing::warn!(key, %error, "clean-up of {of} failed; the lock expires with its lease");
             }
-        });
+        }));
     }
 }

@@ -176,6 +176,17 @@ impl RedisEngine {
         conn.manager.clone()
     }
 
+    /// Stops the wake-up subscriber and lets the command connection go (the locker was closed):
+    /// the connection closes once no command uses it. A later command, if any, connects again.
+    pub(crate) fn close(&self) {
+        self.waiters.stop();
+        let (client, config) = &*self.remake;
+        match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+            Ok(idle) => *lock(&self.conn) = CommandConnection::new(idle),
+            Err(error) => tracing::debug!(%error, "lock command connection kept at close"),
+        }
+    }
+
     fn lock_key(&self, key: &str) -> String {
         format!("{}{{{}}}", self.prefix, key)
     }
@@ -345,6 +356,10 @@ impl Engine for RedisEngine {
 
     fn subscribe<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Subscription> {
         Box::pin(RedisEngine::subscribe(self, key))
+    }
+
+    fn close(&self) {
+        RedisEngine::close(self);
     }
 
     fn inspect<'a>(

@@ -61,6 +61,8 @@ enum Command {
     Unregister {
         channel: String,
     },
+    /// The locker was closed: end the task and its connection.
+    Stop,
 }
 
 struct Registered {
@@ -137,6 +139,14 @@ impl Waiters {
         let confirmed = link.wait_for(|l| *l != Link::Pending);
         let _ = tokio::time::timeout_at(give_up, confirmed).await;
         Subscription::with_link(notify, link, unregister)
+    }
+}
+
+impl Waiters {
+    /// Ends the subscriber task and closes its connection (the locker was closed). A later
+    /// subscription, if any, starts a new one.
+    pub(crate) fn stop(&self) {
+        let _ = lock(&self.actor).send(Command::Stop);
     }
 }
 
@@ -230,7 +240,7 @@ impl Actor {
                         let _ = reply.send(registered);
                     }
                     Some(Command::Unregister { channel }) => self.unregister(channel),
-                    None => return,
+                    Some(Command::Stop) | None => return,
                 },
                 message = next_message(&mut self.conn) => match message {
                     Some(message) => {
