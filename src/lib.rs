@@ -93,7 +93,28 @@
 //! # By hand
 //!
 //! [`Locker::acquire`] with [`LockOptions`] returns a [`LockGuard`]: its fencing token, its lost
-//! signal, and `release()`. See the runtime's documentation for the Redis data model.
+//! signal, and [`release()`](LockGuard::release). [The runtime's documentation](distlock_runtime)
+//! describes the Redis data model, the guarantees and their limits.
+//!
+//! # Items
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`distributed_lock`] | the attribute |
+//! | [`Locker`] | a handle on one lock store: [`Locker::connect`] (Redis), [`Locker::in_memory`] (one process, tests); cheap to clone |
+//! | [`LockerBuilder`] | a locker's settings: [`Locker::builder`], [`Locker::in_memory_builder`] |
+//! | [`LockOptions`] | how to take one lock by hand: wait, lease, hold at least |
+//! | [`LockGuard`] | a lock held by hand: fencing token, lost signal, release |
+//! | [`LockHandle`] | a read-only view of a held lock, what [`current`] returns |
+//! | [`current`] | the innermost lock held by the running locked body |
+//! | [`install`], [`default_locker`] | the process-wide locker the attribute uses without `locker = ...` |
+//! | [`LockError`] | why a lock was not taken or kept |
+//! | [`BackendError`] | what went wrong with the store, in [`LockError::Backend`] |
+//!
+//! Constants: the defaults [`DEFAULT_WAIT`], [`DEFAULT_WATCHDOG_LEASE`], [`DEFAULT_KEY_PREFIX`],
+//! [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_RESPONSE_TIMEOUT`], [`DEFAULT_SUBSCRIBER_HEALTH_CHECK`],
+//! [`DEFAULT_MAX_HANDOVERS_IN_A_ROW`] and [`FALLBACK_RETRY_INTERVAL`]; the limits [`MIN_LEASE`],
+//! [`MAX_DURATION`] and [`MAX_KEY_LEN`].
 #![warn(missing_docs)]
 
 pub use distlock_macro::distributed_lock;
