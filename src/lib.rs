@@ -38,10 +38,13 @@
 //! - `lease`: a fixed lease. Without it the watchdog renews the lock while the body runs.
 //! - `hold_at_least`: a release before this shortens the lock instead of deleting it
 //!   (ShedLock's `lockAtLeastFor`), for scheduled jobs on replicas whose clocks differ.
-//! - `on_busy = "error"` (default): the fn returns `Result<T, E>` with `E: From<LockError>`;
-//!   busy becomes `Err(LockError::NotAcquired { .. }.into())` and the body does not run.
-//!   `on_busy = "skip"`: the fn returns `()` or `Option<T>`; busy returns `()`/`None` (DEBUG log),
-//!   a backend error too (ERROR log).
+//! - `on_busy = "error"` (default): the fn returns `Result<T, E>` with `E: From<LockError>` (an
+//!   alias works too: `anyhow::Result<T>`, `std::io::Result<T>`, your `AppResult<T>`); busy
+//!   becomes `Err(LockError::NotAcquired { .. }.into())` and the body does not run.
+//!   `on_busy = "skip"`: the fn returns `()`, `Option<T>`, `Result<(), E>` or
+//!   `Result<Option<T>, E>`; busy returns `()`, `None`, `Ok(())` or `Ok(None)` (DEBUG log). Any
+//!   other failure (the backend, a lost lease) is `Err(From::from(e))` in the `Result` shapes and
+//!   is logged at ERROR for `()` and `Option<T>`, which have no place for it.
 //! - `on_lost = "report"` (default): a lease lost during the body lets the body finish, then the
 //!   call returns `Err(LockError::LeaseLost { .. }.into())`. `"cancel"`: the body is dropped as
 //!   soon as the loss is seen, then the same error.
@@ -51,6 +54,9 @@
 //!
 //! Durations are string literals checked at compile time (`"250ms"`, `"10s"`, `"1m30s"`,
 //! `"2h"`) or any expression of type `Duration`.
+//!
+//! With `#[async_trait]` and `#[tracing::instrument]` (write `#[distributed_lock]` first to have
+//! the lock's events inside the span): see [`distributed_lock`].
 //!
 //! The body runs as an `async move` block awaited in place, so `return`, `?`, `self`, generics
 //! and lifetimes keep their meaning, and its future completes before the release: a transaction
