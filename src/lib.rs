@@ -124,6 +124,7 @@
 #![warn(missing_docs)]
 
 pub use distlock_macro::distributed_lock;
+pub use distlock_runtime::metrics;
 pub use distlock_runtime::{
     BackendError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_HANDOVERS_IN_A_ROW,
     DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SUBSCRIBER_HEALTH_CHECK, DEFAULT_WAIT,

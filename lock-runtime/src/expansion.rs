@@ -186,6 +186,7 @@ pub async fn run_or_skip<F: Future>(
     let guard = match acquire(locker, key.clone(), options).await {
         Ok(guard) => guard,
         Err(LockError::NotAcquired { waited, .. }) => {
+            crate::metrics::skipped(&key);
             tracing::debug!(key, ?waited, "lock busy; skipping this run");
             return Skip::Busy;
         }

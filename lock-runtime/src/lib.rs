@@ -63,6 +63,7 @@ mod engine;
 mod error;
 mod guard;
 mod locker;
+pub mod metrics;
 mod mutex;
 mod options;
 mod protocol;

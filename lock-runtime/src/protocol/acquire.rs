@@ -44,6 +44,7 @@ pub(crate) async fn acquire(
     let token = new_token().map_err(|e| LockError::backend(Some(key), e))?;
     let not_acquired = || {
         let waited = started.elapsed();
+        crate::metrics::not_acquired(key, waited);
         tracing::debug!(key, ?waited, "lock not acquired within the wait");
         LockError::NotAcquired {
             key: key.to_owned(),
@@ -161,6 +162,7 @@ async fn attempt(
         .engine
         .try_acquire(key, token, lease)
         .await
+        .inspect_err(|_| crate::metrics::backend_error(key, crate::metrics::Op::Acquire))
         .map_err(|e| LockError::backend(Some(key), e))?;
     in_flight.shared = None;
     Ok((attempt, sent_at))
@@ -211,6 +213,7 @@ fn hold(
         lease_end,
         keeper: Mutex::new(keeper),
     });
+    crate::metrics::acquired(key, started.elapsed());
     tracing::debug!(
         key,
         fence,

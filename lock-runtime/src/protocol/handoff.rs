@@ -97,6 +97,7 @@ pub(crate) async fn hand_over_or_release(
     match handed {
         Ok(Some(fence)) => {
             let in_a_row = held.handovers_in_a_row + 1;
+            crate::metrics::handed_over(&held.key);
             tracing::debug!(key = %held.key, fence, in_a_row, "lock handed over to a waiting task");
             let handed = Handed::new(shared, &held.key, &next.token, fence, sent_at, in_a_row);
             next.hand(handed);

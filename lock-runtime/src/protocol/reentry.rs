@@ -71,6 +71,7 @@ async fn extend(held: &HeldLock, lease: Duration) -> Result<(), LockError> {
         .engine
         .renew(&held.key, &held.token, lease)
         .await
+        .inspect_err(|_| crate::metrics::backend_error(&held.key, crate::metrics::Op::Renew))
         .map_err(|e| LockError::backend(Some(&held.key), e))?;
     if !renewed {
         HeldLock::mark_lost(

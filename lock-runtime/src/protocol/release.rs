@@ -60,6 +60,7 @@ async fn stop_keeper(held: &HeldLock) {
 
 /// The release in the engine, done once by the last guard of this acquisition.
 async fn release_in_engine(held: &HeldLock) -> Result<(), LockError> {
+    crate::metrics::held(&held.key, held.acquired_at.elapsed());
     stop_keeper(held).await;
     let hold_until = *held
         .hold_until
@@ -70,6 +71,7 @@ async fn release_in_engine(held: &HeldLock) -> Result<(), LockError> {
         .filter(|rest| !rest.is_zero());
     let released = hand_over_or_release(held, keep)
         .await
+        .inspect_err(|_| crate::metrics::backend_error(&held.key, crate::metrics::Op::Release))
         .map_err(|e| LockError::backend(Some(&held.key), e))?;
     match released {
         Released::Done if !held.is_lost() => {

@@ -73,6 +73,7 @@ pub(crate) async fn watchdog(
                 return;
             }
             Err(error) => {
+                crate::metrics::backend_error(&key, crate::metrics::Op::Renew);
                 tracing::debug!(key, fence, %error, "lock renewal failed; retrying");
                 next = Instant::now() + retry;
             }

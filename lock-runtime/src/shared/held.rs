@@ -120,6 +120,7 @@ impl HeldLock {
     /// Marks the lease lost (once), logging why.
     pub(crate) fn mark_lost(key: &str, fence: u64, lost: &CancellationToken, why: &str) {
         if !lost.is_cancelled() {
+            crate::metrics::lease_lost(key);
             tracing::warn!(key, fence, reason = why, "lock lease lost");
             lost.cancel();
         }

@@ -50,6 +50,7 @@ impl Shared {
         let shared = Arc::clone(self);
         runtime.spawn(async move {
             if let Err(error) = shared.engine.release(&key, &token, None).await {
+                crate::metrics::backend_error(&key, crate::metrics::Op::Release);
                 tracing::warn!(key, %error, "clean-up of {of} failed; the lock expires with its lease");
             }
         });
