@@ -116,6 +116,7 @@
 //! | [`install`], [`default_locker`] | the process-wide locker the attribute uses without `locker = ...` |
 //! | [`LockError`] | why a lock was not taken or kept |
 //! | [`BackendError`] | what went wrong with the store, in [`LockError::Backend`] |
+//! | [`metrics`] | the names and labels of the lock metrics (recorded with the cargo feature `metrics`) |
 //!
 //! Constants: the defaults [`DEFAULT_WAIT`], [`DEFAULT_WATCHDOG_LEASE`], [`DEFAULT_KEY_PREFIX`],
 //! [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_RESPONSE_TIMEOUT`], [`DEFAULT_SUBSCRIBER_HEALTH_CHECK`],
