@@ -38,10 +38,13 @@
 //! - `lease`: a fixed lease. Without it the watchdog renews the lock while the body runs.
 //! - `hold_at_least`: a release before this shortens the lock instead of deleting it
 //!   (ShedLock's `lockAtLeastFor`), for scheduled jobs on replicas whose clocks differ.
-//! - `on_busy = "error"` (default): the fn returns `Result<T, E>` with `E: From<LockError>`;
-//!   busy becomes `Err(LockError::NotAcquired { .. }.into())` and the body does not run.
-//!   `on_busy = "skip"`: the fn returns `()` or `Option<T>`; busy returns `()`/`None` (DEBUG log),
-//!   a backend error too (ERROR log).
+//! - `on_busy = "error"` (default): the fn returns `Result<T, E>` with `E: From<LockError>` (an
+//!   alias works too: `anyhow::Result<T>`, `std::io::Result<T>`, your `AppResult<T>`); busy
+//!   becomes `Err(LockError::NotAcquired { .. }.into())` and the body does not run.
+//!   `on_busy = "skip"`: the fn returns `()`, `Option<T>`, `Result<(), E>` or
+//!   `Result<Option<T>, E>`; busy returns `()`, `None`, `Ok(())` or `Ok(None)` (DEBUG log). Any
+//!   other failure (the backend, a lost lease) is `Err(From::from(e))` in the `Result` shapes and
+//!   is logged at ERROR for `()` and `Option<T>`, which have no place for it.
 //! - `on_lost = "report"` (default): a lease lost during the body lets the body finish, then the
 //!   call returns `Err(LockError::LeaseLost { .. }.into())`. `"cancel"`: the body is dropped as
 //!   soon as the loss is seen, then the same error.
@@ -51,6 +54,9 @@
 //!
 //! Durations are string literals checked at compile time (`"250ms"`, `"10s"`, `"1m30s"`,
 //! `"2h"`) or any expression of type `Duration`.
+//!
+//! With `#[async_trait]` and `#[tracing::instrument]` (write `#[distributed_lock]` first to have
+//! the lock's events inside the span): see [`distributed_lock`].
 //!
 //! The body runs as an `async move` block awaited in place, so `return`, `?`, `self`, generics
 //! and lifetimes keep their meaning, and its future completes before the release: a transaction
@@ -93,9 +99,10 @@
 //! # By hand
 //!
 //! [`Locker::acquire`] with [`LockOptions`] returns a [`LockGuard`]: its fencing token, its lost
-//! signal, [`LockGuard::extend`] for a fixed lease, and `release()`. [`Locker::try_acquire`] makes
-//! one attempt and returns `Ok(None)` when the lock is busy. See the runtime's documentation for
-//! the Redis data model.
+//! signal, [`LockGuard::extend`] for a fixed lease, and [`release()`](LockGuard::release).
+//! [`Locker::try_acquire`] makes one attempt and returns `Ok(None)` when the lock is busy.
+//! [The runtime's documentation](distlock_runtime) describes the Redis data model, the guarantees
+//! and their limits.
 //!
 //! Before the process exits, call [`Locker::close`]: a guard dropped late in `main` releases in a
 //! background task that the runtime's shutdown may drop before it runs, and the lock then stays
@@ -107,6 +114,29 @@
 //! holder's label ([`LockerBuilder::holder_label`], `host:pid` by default): [`Locker::inspect`]
 //! shows it with the lease left and the fencing number ([`LockInfo`]), and
 //! [`Locker::force_release`] takes a lock away from a stuck holder.
+//!
+//! # Items
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`distributed_lock`] | the attribute |
+//! | [`Locker`] | a handle on one lock store: [`Locker::connect`] (Redis), [`Locker::in_memory`] (one process, tests); cheap to clone |
+//! | [`LockerBuilder`] | a locker's settings: [`Locker::builder`], [`Locker::in_memory_builder`] |
+//! | [`LockOptions`] | how to take one lock by hand: wait, lease, hold at least |
+//! | [`LockGuard`] | a lock held by hand: fencing token, lost signal, release |
+//! | [`LockHandle`] | a read-only view of a held lock, what [`current`] returns |
+//! | [`current`] | the innermost lock held by the running locked body |
+//! | [`install`], [`default_locker`] | the process-wide locker the attribute uses without `locker = ...` |
+//! | [`LockInfo`] | what a lock records, from [`Locker::inspect`] and [`Locker::force_release`] |
+//! | [`LockError`] | why a lock was not taken or kept |
+//! | [`BackendError`] | what went wrong with the store, in [`LockError::Backend`] |
+//! | [`metrics`] | the names and labels of the lock metrics (recorded with the cargo feature `metrics`) |
+//!
+//! Constants: the defaults [`DEFAULT_WAIT`], [`DEFAULT_WATCHDOG_LEASE`], [`DEFAULT_KEY_PREFIX`],
+//! [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_RESPONSE_TIMEOUT`], [`DEFAULT_SUBSCRIBER_HEALTH_CHECK`],
+//! [`DEFAULT_MAX_HANDOVERS_IN_A_ROW`] and [`FALLBACK_RETRY_INTERVAL`]; the limits [`MIN_LEASE`],
+//! [`MAX_DURATION`], [`MAX_KEY_LEN`] and [`MAX_HOLDER_LABEL_LEN`]; the environment variables
+//! [`REDIS_URL_VAR`], [`KEY_PREFIX_VAR`] and [`HOLDER_LABEL_VAR`]; [`default_holder_label`].
 #![warn(missing_docs)]
 
 pub use distlock_macro::distributed_lock;

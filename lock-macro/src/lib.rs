@@ -17,12 +17,41 @@ use proc_macro::TokenStream;
 
 /// Runs an `async fn` under a distributed lock: acquire before the body, release after it.
 ///
-/// ```rust,ignore
-/// use distlock::distributed_lock;
+/// ```
+/// use distlock::{LockError, Locker, distributed_lock};
 ///
-/// #[distributed_lock(key = "book:{isbn}", wait = "10s", lease = "5s")]
-/// async fn register(&self, isbn: &str) -> Result<Book, AppError> {
-///     // runs while this process holds "book:<isbn>"; AppError: From<LockError>
+/// #[derive(Debug)]
+/// enum AppError {
+///     Lock(LockError),
+/// }
+///
+/// // What the attribute needs of the error type: busy, a lost lease and a backend failure
+/// // arrive as a `LockError`.
+/// impl From<LockError> for AppError {
+///     fn from(e: LockError) -> Self {
+///         AppError::Lock(e)
+///     }
+/// }
+///
+/// struct Library {
+///     locks: Locker,
+/// }
+///
+/// impl Library {
+///     #[distributed_lock(key = "book:{isbn}", wait = "10s", lease = "5s", locker = self.locks)]
+///     async fn register(&self, isbn: &str) -> Result<String, AppError> {
+///         // Runs while this process holds "book:<isbn>": check, then insert.
+///         Ok(format!("registered {isbn}"))
+///     }
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), AppError> {
+///     // `Locker::connect("redis://127.0.0.1:6379").await?` for Redis; in memory here, so the
+///     // example runs as it is.
+///     let library = Library { locks: Locker::in_memory() };
+///     assert_eq!(library.register("978-0134685991").await?, "registered 978-0134685991");
+///     Ok(())
 /// }
 /// ```
 ///

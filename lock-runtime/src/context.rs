@@ -10,8 +10,8 @@ use crate::shared::scopes;
 /// Use it to pass the fencing token to the store the body writes to:
 ///
 /// ```
-/// # async fn demo() -> Result<(), distlock_runtime::LockError> {
-/// use distlock_runtime::{current, LockOptions, Locker};
+/// # async fn demo() -> Result<(), distlock::LockError> {
+/// use distlock::{current, LockOptions, Locker};
 /// let locker = Locker::in_memory();
 /// let guard = locker.acquire("ranking", LockOptions::new()).await?;
 /// let fence = guard

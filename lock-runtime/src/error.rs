@@ -95,7 +95,7 @@ fn key_suffix(key: &Option<String>) -> String {
 /// [`source()`](std::error::Error::source); the predicates say what a caller would decide on.
 ///
 /// ```
-/// use distlock_runtime::{LockError, Locker, LockOptions};
+/// use distlock::{LockError, Locker, LockOptions};
 ///
 /// # async fn demo(locker: Locker) {
 /// match locker.acquire("nightly-report", LockOptions::new()).await {
@@ -298,7 +298,7 @@ impl LockError {
 /// use std::io;
 /// use std::time::Duration;
 ///
-/// use distlock_runtime::LockError;
+/// use distlock::LockError;
 ///
 /// let busy = LockError::NotAcquired { key: "report".into(), waited: Duration::from_secs(10) };
 /// let error = io::Error::from(busy);

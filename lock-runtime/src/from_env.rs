@@ -23,9 +23,9 @@ impl LockerBuilder {
     /// [`build`](LockerBuilder::build), which never echoes its password.
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), distlock_runtime::LockError> {
+    /// # async fn demo() -> Result<(), distlock::LockError> {
     /// use std::time::Duration;
-    /// let locker = distlock_runtime::LockerBuilder::from_env()?
+    /// let locker = distlock::LockerBuilder::from_env()?
     ///     .watchdog_lease(Duration::from_secs(10))
     ///     .build()
     ///     .await?;
@@ -41,8 +41,8 @@ impl Locker {
     /// `DISTLOCK_KEY_PREFIX` and `DISTLOCK_HOLDER_LABEL` (see [`LockerBuilder::from_env`]).
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), distlock_runtime::LockError> {
-    /// distlock_runtime::install(distlock_runtime::Locker::from_env().await?);
+    /// # async fn demo() -> Result<(), distlock::LockError> {
+    /// distlock::install(distlock::Locker::from_env().await?);
     /// # Ok(()) }
     /// ```
     pub async fn from_env() -> Result<Locker, LockError> {

@@ -16,9 +16,9 @@ use crate::shared::scopes;
 /// end; dropping it (early return, panic, cancelled future) releases in the background.
 ///
 /// ```
-/// # async fn demo() -> Result<(), distlock_runtime::LockError> {
+/// # async fn demo() -> Result<(), distlock::LockError> {
 /// use std::time::Duration;
-/// use distlock_runtime::{LockOptions, Locker};
+/// use distlock::{LockOptions, Locker};
 ///
 /// let locker = Locker::in_memory();
 /// let guard = locker.acquire("book:978-0", LockOptions::new().lease(Duration::from_secs(5))).await?;

@@ -14,9 +14,9 @@ impl Locker {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), distlock_runtime::LockError> {
+    /// # async fn main() -> Result<(), distlock::LockError> {
     /// use std::time::Duration;
-    /// use distlock_runtime::{LockOptions, Locker};
+    /// use distlock::{LockOptions, Locker};
     ///
     /// let locker = Locker::in_memory_builder().holder_label("billing-7").build().await?;
     /// let guard = locker.acquire("ranking", LockOptions::new().lease(Duration::from_secs(5))).await?;

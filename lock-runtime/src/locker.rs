@@ -38,18 +38,20 @@ pub const DEFAULT_MAX_HANDOVERS_IN_A_ROW: u32 = 4;
 
 /// Lock-takers' handle on one backend. Cheap to clone; clones share the connections.
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), distlock_runtime::LockError> {
+/// ```
 /// use std::time::Duration;
-/// use distlock_runtime::{LockOptions, Locker};
+/// use distlock::{LockError, LockOptions, Locker};
 ///
-/// let locker = Locker::connect("redis://127.0.0.1:6379/0").await?;
-/// let guard = locker
-///     .acquire("ranking", LockOptions::new().wait(Duration::from_secs(10)).lease(Duration::from_secs(5)))
-///     .await?;
-/// // ... flush the ranking ...
-/// guard.release().await?;
-/// # Ok(()) }
+/// #[tokio::main]
+/// async fn main() -> Result<(), LockError> {
+///     // `Locker::connect("redis://127.0.0.1:6379/0").await?` for Redis; in memory here, so
+///     // the example runs as it is.
+///     let locker = Locker::in_memory();
+///     let options = LockOptions::new().wait(Duration::from_secs(10)).lease(Duration::from_secs(5));
+///     let guard = locker.acquire("ranking", options).await?;
+///     // ... flush the ranking ...
+///     guard.release().await
+/// }
 /// ```
 #[derive(Clone)]
 pub struct Locker {
@@ -77,10 +79,12 @@ impl Locker {
 
     /// Settings for a Redis locker: key prefix, watchdog lease, renewal interval, timeouts.
     ///
+    /// `build()` connects, so this example needs a Redis server and is only compiled:
+    ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), distlock_runtime::LockError> {
+    /// # async fn demo() -> Result<(), distlock::LockError> {
     /// use std::time::Duration;
-    /// let locker = distlock_runtime::Locker::builder("redis://:secret@cache:6379/2")
+    /// let locker = distlock::Locker::builder("redis://:secret@cache:6379/2")
     ///     .key_prefix("billing:lock:")
     ///     .watchdog_lease(Duration::from_secs(10))
     ///     .connect_timeout(Duration::from_secs(2))
@@ -556,11 +560,22 @@ static DEFAULT_LOCKER: RwLock<Option<Locker>> = RwLock::new(None);
 /// Sets the process-wide default locker that `#[distributed_lock]` uses when it is given no
 /// `locker = ...`. Returns the one it replaces, if any.
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), distlock_runtime::LockError> {
-/// use distlock_runtime::{install, Locker};
-/// install(Locker::connect("redis://127.0.0.1:6379").await?);
-/// # Ok(()) }
+/// ```
+/// use distlock::{LockError, Locker, distributed_lock, install};
+///
+/// #[distributed_lock(key = "nightly-report", wait = "0s", on_busy = "skip")]
+/// async fn nightly_report() {
+///     // ...
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), LockError> {
+///     // Once at start-up, before the first locked call. For Redis:
+///     // `install(Locker::connect("redis://127.0.0.1:6379").await?);`
+///     install(Locker::in_memory());
+///     nightly_report().await;
+///     Ok(())
+/// }
 /// ```
 pub fn install(locker: Locker) -> Option<Locker> {
     DEFAULT_LOCKER

@@ -29,7 +29,7 @@
 //! name the locker writes.)
 //!
 //! ```
-//! use distlock_runtime::metrics::key_prefix;
+//! use distlock::metrics::key_prefix;
 //! assert_eq!(key_prefix("book:978-0134685991"), "book");
 //! assert_eq!(key_prefix("tenant:7:report"), "tenant");
 //! assert_eq!(key_prefix("ranking"), "");

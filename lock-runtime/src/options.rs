@@ -15,7 +15,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 ///
 /// ```
 /// use std::time::Duration;
-/// use distlock_runtime::LockOptions;
+/// use distlock::LockOptions;
 ///
 /// // Wait up to 10 s, hold for 5 s at most (no watchdog).
 /// let flush = LockOptions::new().wait(Duration::from_secs(10)).lease(Duration::from_secs(5));
