@@ -764,3 +764,52 @@ async fn local_hand_overs_do_not_starve_a_waiter_of_another_locker() {
         }
     }
 }
+
+/// A release that keeps the lock for the rest of `hold_at_least` leaves it nobody's: its token
+/// becomes zeros, so a late renewal or extension by the releaser (on a connection that lagged)
+/// finds it not its own and cannot bring it back for a whole lease.
+#[tokio::test]
+async fn a_lock_kept_for_hold_at_least_is_nobodys() {
+    let server = RedisServer::start();
+    let locker = Locker::connect(&server.url()).await.unwrap();
+    let mut conn = server.client().await;
+    let guard = locker
+        .acquire(
+            "kept",
+            LockOptions::new()
+                .lease(Duration::from_secs(30))
+                .hold_at_least(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    let held: String = redis::cmd("GET")
+        .arg("lock:{kept}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let token = held.split(':').next().unwrap().to_owned();
+    guard.release().await.unwrap();
+    let kept: String = redis::cmd("GET")
+        .arg("lock:{kept}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(kept.starts_with(&"0".repeat(32)), "{kept}");
+    assert_eq!(&kept[32..], &held[32..], "fence and label kept");
+    // The releaser's token renews nothing any more.
+    let renewed: i64 =
+        redis::Script::new(include_str!("../lock-runtime/src/engine/redis/renew.lua"))
+            .key("lock:{kept}")
+            .arg(&token)
+            .arg(30_000)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(renewed, 0);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("lock:{kept}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 5_000, "{pttl}");
+}

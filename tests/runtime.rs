@@ -917,3 +917,73 @@ fn without_an_installed_locker_the_default_is_a_clear_error() {
     assert!(matches!(err, LockError::NoDefaultLocker));
     assert!(err.to_string().contains("distlock::install("), "{err}");
 }
+
+/// A watchdog guard dropped where no runtime can run its release (outside any runtime, on a
+/// locker made outside one): the release cannot run, but the watchdog must not go on renewing a
+/// lock nobody holds, on the runtime it runs on. The lock then expires with its lease.
+#[test]
+fn a_guard_dropped_outside_a_runtime_stops_its_watchdog() {
+    // Made outside any runtime: the locker knows no runtime to fall back on.
+    let locker = Locker::in_memory();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    let guard = runtime
+        .block_on(locker.acquire("orphan", LockOptions::new()))
+        .expect("acquire");
+    drop(guard); // outside the runtime's context
+    // The paused clock runs past the watchdog lease; a watchdog still running would renew it.
+    let after = runtime.block_on(async {
+        tokio::time::sleep(locker.watchdog_lease() * 2).await;
+        locker.try_acquire("orphan", LockOptions::new()).await
+    });
+    assert!(
+        matches!(after, Ok(Some(_))),
+        "the lock of a dropped guard was still renewed: {after:?}"
+    );
+}
+
+/// A lease that runs out after its lock was released was not lost: neither `is_lost()` nor
+/// `lost()` reports a loss then (no WARN, no lease-lost metric), and `lost()` ends.
+#[tokio::test(start_paused = true)]
+async fn a_lease_ending_after_a_clean_release_is_not_lost() {
+    let locker = Locker::in_memory();
+    let lease = Duration::from_secs(1);
+    let guard = locker
+        .acquire("released", LockOptions::new().lease(lease))
+        .await
+        .expect("acquire");
+    let handle = guard.handle();
+    let lost = guard.lost();
+    guard.release().await.expect("a clean release");
+    tokio::time::sleep(lease * 2).await;
+    assert!(!handle.is_lost(), "reported lost after a clean release");
+    tokio::time::timeout(lease, lost)
+        .await
+        .expect("lost() ends once the lock is released");
+    assert!(!handle.is_lost());
+}
+
+/// `extend` on a lock that was released is an error, never a renewal of a lock that is nobody's.
+#[tokio::test]
+async fn extending_a_released_lock_is_refused() {
+    let locker = Locker::in_memory();
+    let guard = locker
+        .acquire(
+            "released",
+            LockOptions::new()
+                .lease(Duration::from_secs(5))
+                .hold_at_least(Duration::from_secs(2)),
+        )
+        .await
+        .expect("acquire");
+    let handle = guard.handle();
+    guard.release().await.expect("release");
+    let extended = handle.extend(Duration::from_secs(60)).await;
+    assert!(
+        matches!(extended, Err(LockError::InvalidOptions { .. })),
+        "{extended:?}"
+    );
+}

@@ -62,7 +62,9 @@ impl LockGuard {
         self.held.is_lost()
     }
 
-    /// Resolves when the lease is lost; never resolves while it holds.
+    /// Resolves when the lease is lost, or once the lock was released (then [`LockGuard::is_lost`]
+    /// says false: a lease that ends after its release was not lost). Never resolves while the
+    /// lock is held and its lease lasts.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         self.held.lost()
     }
@@ -93,7 +95,8 @@ impl LockGuard {
     /// [`LockError::Backend`] error means no answer came: the lease may or may not have been
     /// extended, and the guard goes on counting with the lease it knew (the safe side).
     /// [`LockError::InvalidOptions`] for a lease outside [`crate::MIN_LEASE`] to
-    /// [`crate::MAX_DURATION`].
+    /// [`crate::MAX_DURATION`], or once the lock was released (through another guard or
+    /// handle of it, or [`crate::Locker::close`]).
     ///
     /// Cancel-safe: dropped while the renewal is in flight, the lease end this guard knows stays
     /// the earlier one.
@@ -192,7 +195,7 @@ impl LockHandle {
         self.held.is_lost()
     }
 
-    /// Resolves when the lease is lost.
+    /// Resolves when the lease is lost, or once the lock was released; see [`LockGuard::lost`].
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         self.held.lost()
     }

@@ -34,8 +34,8 @@
 //! Fencing numbers follow the server clock, so they need no counter and keep growing across
 //! release, expiry, a restart with or without persistence, a restore from a snapshot, `FLUSHALL`,
 //! eviction and the promotion of a replica that lagged, under one assumption: **no Redis server's
-//! clock, across a restart or a failover, is behind the time at which the last fencing number of
-//! a lock was handed out.** (Two acquisitions of one lock never fall in the same microsecond:
+//! wall clock ever reads earlier than when the last fencing number of a lock was handed out: not
+//! stepped back on a running server, nor behind it after a restart or a failover.** (Two acquisitions of one lock never fall in the same microsecond:
 //! each is a script call of its own, after the release or expiry of the one before.)
 //!
 //! Waiters subscribe to `P{K}:released` before retrying, through one subscriber connection per

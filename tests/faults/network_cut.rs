@@ -622,11 +622,11 @@ async fn lease_left_on_server(
         .query_async(conn)
         .await
         .expect("PTTL and the lock's value");
-    // The value is `<token>:<fence>`.
+    // The value is `<token>:<fence>[:<holder label>]`.
     let latest: Option<u64> = value
         .as_deref()
-        .and_then(|v| v.split_once(':'))
-        .and_then(|(_, fence)| fence.parse().ok());
+        .and_then(|v| v.split(':').nth(1))
+        .and_then(|fence| fence.parse().ok());
     let still_ours = latest == Some(fence) && pttl >= 0;
     still_ours.then(|| Duration::from_millis(pttl as u64))
 }

@@ -258,10 +258,12 @@ async fn max_fence(server: &RedisServer) -> u64 {
             .query_async(&mut conn)
             .await
             .expect("GET a lock");
+        // `<token>:<fence>[:<holder label>]`
         let fence = value
-            .split_once(':')
-            .and_then(|(_, fence)| fence.parse().ok())
-            .unwrap_or_else(|| panic!("{name} holds {value:?}, not <token>:<fence>"));
+            .split(':')
+            .nth(1)
+            .and_then(|fence| fence.parse().ok())
+            .unwrap_or_else(|| panic!("{name} holds {value:?}, not <token>:<fence>[:<label>]"));
         highest = highest.max(fence);
     }
     highest

@@ -16,6 +16,10 @@ use crate::holder::default_holder_label;
 use crate::lock_info::LockInfo;
 use crate::mutex::lock;
 
+/// The token of a lock kept after its release for `hold_at_least`: nobody's (a real token is
+/// 32 random hex digits, so never all zeros).
+const RELEASED_TOKEN: &str = "00000000000000000000000000000000";
+
 struct Entry {
     token: String,
     expires: Instant,
@@ -135,7 +139,11 @@ impl MemoryEngine {
         match state.locks.get_mut(key) {
             Some(entry) if entry.token == token && entry.expires > now => {
                 match keep {
-                    Some(keep) => entry.expires = now + keep,
+                    // Kept for hold_at_least, but no longer anyone's (as in Redis).
+                    Some(keep) => {
+                        entry.expires = now + keep;
+                        entry.token = RELEASED_TOKEN.to_owned();
+                    }
                     None => {
                         state.locks.remove(key);
                     }

@@ -245,6 +245,8 @@ fn hold(
         lease_end,
         keeper: Mutex::new(keeper),
         release_claimed: AtomicBool::new(false),
+        released_at: std::sync::OnceLock::new(),
+        released: CancellationToken::new(),
     });
     shared.shutdown.register(&held);
     crate::metrics::acquired(key, started.elapsed());

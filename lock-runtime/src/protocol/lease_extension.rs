@@ -63,6 +63,14 @@ pub(crate) async fn extend_by_holder(held: &HeldLock, lease: Duration) -> Result
         key: Some(held.key.clone()),
         reason,
     })?;
+    if held.is_release_claimed() {
+        return Err(LockError::InvalidOptions {
+            key: Some(held.key.clone()),
+            reason: "the lock was released (or is being released): `extend` works only while it \
+                     is held"
+                .to_owned(),
+        });
+    }
     if held.is_lost() {
         return Err(held.lease_lost());
     }

@@ -34,6 +34,9 @@ pub(crate) fn release_dropped(held: Arc<HeldLock>) {
     if held.is_release_claimed() {
         return;
     }
+    // Now, not in the release: a release that cannot run (no runtime) must not leave the
+    // watchdog renewing, on the runtime it runs on, a lock nobody holds.
+    held.abort_keeper();
     let handle = tokio::runtime::Handle::try_current()
         .ok()
         .or_else(|| held.shared.runtime.clone());
@@ -90,6 +93,10 @@ pub(crate) async fn release_claimed(held: &HeldLock) -> Result<(), LockError> {
     let keep = hold_until
         .map(|until| until.saturating_duration_since(Instant::now()))
         .filter(|rest| !rest.is_zero());
+    // An extension under way (a nested call, `extend`) is answered first: sent after the release,
+    // it would find the lock gone (or, kept for `hold_at_least`, not ours any more) anyway.
+    let _no_extension = held.extending.lock().await;
+    held.mark_released();
     let released = hand_over_or_release(held, keep)
         .await
         .inspect_err(|_| crate::metrics::backend_error(&held.key, crate::metrics::Op::Release))

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -45,6 +45,10 @@ pub(crate) struct HeldLock {
     pub(crate) keeper: Mutex<Option<JoinHandle<()>>>,
     /// Set by whoever releases in the engine: the last guard, or `Locker::close`.
     pub(crate) release_claimed: AtomicBool,
+    /// When the release was sent: a lease that ended after it was not lost, it was released.
+    pub(crate) released_at: OnceLock<Instant>,
+    /// Cancelled once the release is sent, so that `lost()` ends without reporting a loss.
+    pub(crate) released: CancellationToken,
 }
 
 /// Clocks drift and timers fire late: a client takes its lease as over this much before the
@@ -93,7 +97,9 @@ impl HeldLock {
         if self.lost.is_cancelled() {
             return true;
         }
-        if Instant::now() >= self.lease_end.get() {
+        // After the release, only a lease that had ended before it was sent was lost.
+        let seen_at = self.released_at.get().copied().unwrap_or_else(Instant::now);
+        if seen_at >= self.lease_end.get() {
             Self::mark_lost(
                 &self.key,
                 self.fence,
@@ -105,17 +111,38 @@ impl HeldLock {
         false
     }
 
-    /// Resolves when the lease is lost.
+    /// Resolves when the lease is lost, or once the lock was released (a lease that ends after
+    /// its release is not lost: nothing is marked or logged then).
     pub(crate) fn lost(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
         let held = Arc::clone(self);
         async move {
             // The end may move (a renewal) while we sleep: look again when it is reached.
-            while !held.is_lost() {
+            while !held.is_lost() && !held.released.is_cancelled() {
                 tokio::select! {
                     () = held.lost.cancelled() => {}
+                    () = held.released.cancelled() => {}
                     () = tokio::time::sleep_until(held.lease_end.get()) => {}
                 }
             }
+        }
+    }
+
+    /// Records that the release is being sent now (see `is_lost`).
+    pub(crate) fn mark_released(&self) {
+        let _ = self.released_at.set(Instant::now());
+        self.released.cancel();
+    }
+
+    /// Stops the watchdog without waiting for it: for a release that cannot run (no runtime),
+    /// so that nothing renews a lock nobody holds any more.
+    pub(crate) fn abort_keeper(&self) {
+        if let Some(keeper) = self
+            .keeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            keeper.abort();
         }
     }
 
@@ -165,5 +192,6 @@ impl HeldLock {
 /// Whether the lease is lost, for `Debug`: a pure read that, unlike `is_lost`, neither marks the
 /// loss nor logs it, so that printing a guard never changes what it does next.
 pub(crate) fn looks_lost(held: &HeldLock) -> bool {
-    held.lost.is_cancelled() || Instant::now() >= held.lease_end.get()
+    let seen_at = held.released_at.get().copied().unwrap_or_else(Instant::now);
+    held.lost.is_cancelled() || seen_at >= held.lease_end.get()
 }

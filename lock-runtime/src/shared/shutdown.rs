@@ -89,6 +89,8 @@ impl HeldLock {
 
 impl Drop for HeldLock {
     fn drop(&mut self) {
+        // Whatever became of the release: nothing renews a lock nobody holds any more.
+        self.abort_keeper();
         if let Some(live) = lock(&self.shared.shutdown.held).as_mut() {
             live.remove(&id(self));
         }

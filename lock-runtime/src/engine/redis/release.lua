@@ -10,7 +10,10 @@ if not held or string.sub(held, 1, #ARGV[1]) ~= ARGV[1] then
 end
 local keep = tonumber(ARGV[2])
 if keep > 0 then
-  redis.call('PEXPIRE', KEYS[1], keep)
+  -- Kept for hold_at_least, but no longer anyone's: the token becomes zeros (still a lock, with
+  -- its fence and label), so a late renewal or extension by the releaser finds it not its own.
+  local rest = string.sub(held, #ARGV[1] + 1)
+  redis.call('SET', KEYS[1], string.rep('0', #ARGV[1]) .. rest, 'XX', 'PX', keep)
 else
   redis.call('DEL', KEYS[1])
 end
