@@ -16,6 +16,11 @@ pub struct Probe {
     conn: ConnectionManager,
 }
 
+/// What a held key holds: a value in distlock's lock format (`<32 hex token>:<fence>:<holder>`),
+/// so distlock waits for it as for another holder's lock (it refuses to wait for a value it did
+/// not write); to the other implementations it is just a value at their key.
+const HELD_VALUE: &str = "ffffffffffffffffffffffffffffffff:1:the-benchmark";
+
 impl Probe {
     /// A `ConnectionManager`, the same kind of connection distlock sends its commands on
     /// and async-redis-lock too (rslock uses the multiplexed connection inside it).
@@ -119,7 +124,7 @@ impl Probe {
             for key in chunk {
                 pipe.cmd("SET")
                     .arg(key)
-                    .arg("held-by-the-benchmark")
+                    .arg(HELD_VALUE)
                     .arg("PX")
                     .arg(ttl_ms)
                     .ignore();
