@@ -862,22 +862,7 @@ async fn wait_until_subscribed(fx: &Fixture, key: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         return;
     };
-    let mut conn = server.client().await;
-    let channel = format!("lock:{{{key}}}:released");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, n): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channel)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if n > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the waiter never subscribed");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    server.wait_until_subscribed(key).await;
 }
 
 conformance!(

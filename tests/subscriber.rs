@@ -34,29 +34,6 @@ fn waiting(wait: Duration) -> LockOptions {
     LockOptions::new().wait(wait).lease(Duration::from_secs(5))
 }
 
-/// Until the lock's release channel has a subscriber on the server.
-async fn wait_until_subscribed(server: &RedisServer, key: &str) {
-    let mut conn = server.client().await;
-    let channel = format!("lock:{{{key}}}:released");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, n): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channel)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if n > 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{channel} never got a subscriber"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn acl(server: &RedisServer, args: &[&str]) {
     let mut conn = server.client().await;
     let () = redis::cmd("ACL")
@@ -109,7 +86,7 @@ fn a_locker_made_on_a_dropped_runtime_wakes_its_waiters_on_the_next_one() {
                     .await
             })
         };
-        wait_until_subscribed(&server, "reborn").await;
+        server.wait_until_subscribed("reborn").await;
         holder.release().await.unwrap();
         let released = Instant::now();
         let guard = waiter.await.unwrap().expect("woken by the release");
@@ -135,7 +112,7 @@ async fn a_stalled_subscriber_connection_is_replaced_within_the_health_check_bou
                 .await
         })
     };
-    wait_until_subscribed(&server, "stalled").await;
+    server.wait_until_subscribed("stalled").await;
     // Connection 0 is the locker's command connection, 1 its subscriber: only the subscriber
     // goes half-open, and the release message it would carry is held.
     proxy.stall_connections(1..2);
@@ -181,7 +158,7 @@ fn without_a_working_subscription_a_waiter_retries_at_a_steady_pace_and_warns_on
                         .await
                 })
             };
-            wait_until_subscribed(&server, "paced").await;
+            server.wait_until_subscribed("paced").await;
             // The subscriber and every connection after it hang: no subscription can be made
             // again, only the command connection (0) works.
             proxy.stall_connections(1..u64::MAX);

@@ -142,6 +142,29 @@ impl RedisServer {
         }
     }
 
+    /// Polls until the release channel of the lock `key` (default prefix) has a subscriber.
+    pub async fn wait_until_subscribed(&self, key: &str) {
+        let mut conn = self.client().await;
+        let channel = format!("lock:{{{key}}}:released");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, n): (String, u64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .expect("PUBSUB NUMSUB");
+            if n > 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{channel} never got a subscriber"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// SIGKILL: the server dies at once, losing everything (no persistence).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
