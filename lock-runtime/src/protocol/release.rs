@@ -37,10 +37,7 @@ pub(crate) fn release_dropped(held: Arc<HeldLock>) {
     // Now, not in the release: a release that cannot run (no runtime) must not leave the
     // watchdog renewing, on the runtime it runs on, a lock nobody holds.
     held.abort_keeper();
-    let handle = tokio::runtime::Handle::try_current()
-        .ok()
-        .or_else(|| held.shared.runtime.clone());
-    let Some(handle) = handle else {
+    let Some(handle) = held.shared.background_runtime() else {
         tracing::warn!(key = %held.key, "lock guard dropped outside a runtime; it expires with its lease");
         return;
     };

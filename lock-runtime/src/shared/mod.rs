@@ -34,6 +34,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Where work that outlives its caller (a background release) runs: the caller's runtime,
+    /// else the one the locker was made on; `None` when there is neither.
+    pub(crate) fn background_runtime(&self) -> Option<tokio::runtime::Handle> {
+        tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.clone())
+    }
+
     /// Releases `token`'s hold of `key` (if it has one) from a task of its own: the clean-up of
     /// a lock that may have been taken for a task that is gone. Without a runtime (shut down),
     /// the lease's expiry frees it. Here, not in `protocol`, because the data below the protocol
@@ -44,10 +52,7 @@ impl Shared {
         token: String,
         of: &'static str,
     ) {
-        let Some(runtime) = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| self.runtime.clone())
-        else {
+        let Some(runtime) = self.background_runtime() else {
             return;
         };
         let shared = Arc::clone(self);
