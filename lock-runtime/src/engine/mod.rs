@@ -65,6 +65,14 @@ pub(crate) mod redis;
 /// never only at the holder's expiry.
 pub const FALLBACK_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Whether a write (an acquisition, a hand-over, a renewal) counts only once the store's
+/// replicas have it: `Some(within)`: every replica connected to the node that took it must
+/// acknowledge it within `within`, or the step fails with [`BackendError::is_not_replicated`]
+/// (an acquisition or hand-over is then given up again: the caller never holds a lock a failover
+/// could hand to someone else); `None`: the node's answer is enough. An engine without replicas
+/// ignores it.
+pub(crate) type Replicas = Option<Duration>;
+
 /// A lock store, as the runtime sees it; see the module docs for the guarantees each method
 /// must give. Object-safe: the runtime holds an `Arc<dyn Engine>`. Async steps return boxed
 /// futures (one allocation per call) that borrow their arguments and must be `Send`.
@@ -81,6 +89,7 @@ pub(crate) trait Engine: Send + Sync + 'static {
         key: &'a str,
         token: &'a str,
         lease: Duration,
+        replicas: Replicas,
     ) -> BoxFuture<'a, Result<Attempt, BackendError>>;
 
     /// Releases `key` if `token` still owns it, and wakes its waiters; with `keep`, shortens its
@@ -108,8 +117,9 @@ pub(crate) trait Engine: Send + Sync + 'static {
         giver: &'a str,
         taker: &'a str,
         lease: Duration,
+        replicas: Replicas,
     ) -> BoxFuture<'a, Result<Option<u64>, BackendError>> {
-        let _ = (key, giver, taker, lease);
+        let _ = (key, giver, taker, lease, replicas);
         Box::pin(std::future::ready(Ok(None)))
     }
 
@@ -120,6 +130,7 @@ pub(crate) trait Engine: Send + Sync + 'static {
         key: &'a str,
         token: &'a str,
         lease: Duration,
+        replicas: Replicas,
     ) -> BoxFuture<'a, Result<bool, BackendError>>;
 
     /// Registers interest in `key`'s release. Returns once a release after this call is sure to
