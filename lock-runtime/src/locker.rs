@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::topology;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::error::LockError;
 use crate::guard::LockGuard;
@@ -95,6 +96,41 @@ impl Locker {
     #[must_use = "a builder does nothing until `.build()` is awaited"]
     pub fn builder(url: impl Into<String>) -> LockerBuilder {
         LockerBuilder::new(Target::Redis(url.into()))
+    }
+
+    /// Settings for a locker on a Redis Cluster, given some of its nodes (`host:port` each; the
+    /// client learns the rest). The same as [`Locker::builder`] with
+    /// `redis+cluster://host:port,host:port`; for a password or TLS, use that URL form.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), distlock::LockError> {
+    /// let locker = distlock::Locker::cluster_builder(["10.0.0.1:7000", "10.0.0.2:7000"])
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use = "a builder does nothing until `.build()` is awaited"]
+    pub fn cluster_builder<I, S>(nodes: I) -> LockerBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        LockerBuilder::new(Target::Cluster(nodes.into_iter().map(Into::into).collect()))
+    }
+
+    /// Settings for a locker on the primary that `sentinels` (`host:port` each) know as
+    /// `master`. The same as [`Locker::builder`] with
+    /// `redis+sentinel://host:26379,host:26379/<master>`; for passwords or TLS, use that URL form.
+    #[must_use = "a builder does nothing until `.build()` is awaited"]
+    pub fn sentinel_builder<I, S>(sentinels: I, master: impl Into<String>) -> LockerBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        LockerBuilder::new(Target::Sentinel {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            master: master.into(),
+        })
     }
 
     /// The same settings for an in-process locker (only the watchdog settings apply).
@@ -286,6 +322,11 @@ impl fmt::Debug for Locker {
 
 enum Target {
     Redis(String),
+    Cluster(Vec<String>),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
     Memory,
 }
 
@@ -431,13 +472,24 @@ impl LockerBuilder {
                 )));
             }
         }
-        let engine: Arc<dyn Engine> = match self.target {
-            Target::Memory => Arc::new(MemoryEngine::with_holder(&holder_label)),
-            Target::Redis(url) => {
-                #[cfg(feature = "tls")]
-                let client = open_client(&url, self.tls_root_certificate)?;
-                #[cfg(not(feature = "tls"))]
-                let client = open_client(&url)?;
+        #[cfg(feature = "tls")]
+        let root_certificate = self.tls_root_certificate;
+        #[cfg(not(feature = "tls"))]
+        let root_certificate = None;
+        let topology = match self.target {
+            Target::Memory => None,
+            Target::Redis(url) => Some(topology::from_url(&url, root_certificate)),
+            Target::Cluster(nodes) => Some(topology::cluster_from_nodes(&nodes, root_certificate)),
+            Target::Sentinel { sentinels, master } => Some(topology::sentinel_from_parts(
+                &sentinels,
+                &master,
+                root_certificate,
+            )),
+        };
+        let engine: Arc<dyn Engine> = match topology {
+            None => Arc::new(MemoryEngine::with_holder(&holder_label)),
+            Some(topology) => {
+                let topology = topology.map_err(invalid_url)?;
                 let settings = RedisSettings {
                     prefix: self.key_prefix,
                     connect_timeout: self.connect_timeout,
@@ -446,7 +498,7 @@ impl LockerBuilder {
                     holder_label,
                 };
                 Arc::new(
-                    RedisEngine::connect(client, settings)
+                    RedisEngine::connect(topology, settings)
                         .await
                         .map_err(|e| LockError::backend(None, e))?,
                 )
@@ -469,6 +521,10 @@ impl fmt::Debug for LockerBuilder {
         let mut out = f.debug_struct("LockerBuilder");
         match &self.target {
             Target::Redis(url) => out.field("url", &redacted(url)),
+            Target::Cluster(nodes) => out.field("cluster", nodes),
+            Target::Sentinel { sentinels, master } => {
+                out.field("sentinels", sentinels).field("master", master)
+            }
             Target::Memory => out.field("backend", &"in memory"),
         };
         out.field("key_prefix", &self.key_prefix)
@@ -494,6 +550,9 @@ impl fmt::Debug for LockerBuilder {
 /// `redis+unix://` URL) replaced, so that builders can be logged. A URL that does not parse is not
 /// shown at all: where its password is cannot be known.
 fn redacted(url: &str) -> String {
+    if let Some(redacted) = topology::redact_multi_host(url, REDACTED) {
+        return redacted;
+    }
     let Ok(mut parsed) = url::Url::parse(url) else {
         return "<not a valid URL>".to_owned();
     };
@@ -518,39 +577,16 @@ fn redacted(url: &str) -> String {
     parsed.to_string()
 }
 
-#[cfg(feature = "tls")]
-fn open_client(url: &str, root_certificate: Option<Vec<u8>>) -> Result<redis::Client, LockError> {
-    if url.starts_with("rediss://") {
-        // rustls needs one process-wide crypto provider; ours is ring. Keep one the
-        // application installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    let opened = match root_certificate {
-        Some(root_cert) => redis::Client::build_with_tls(
-            url,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(root_cert),
-            },
-        ),
-        None => redis::Client::open(url),
-    };
-    opened.map_err(invalid_url)
-}
-
-#[cfg(not(feature = "tls"))]
-fn open_client(url: &str) -> Result<redis::Client, LockError> {
-    redis::Client::open(url).map_err(invalid_url)
-}
-
 /// The URL may carry a password: the message never echoes it back.
-fn invalid_url(e: redis::RedisError) -> LockError {
+fn invalid_url(e: String) -> LockError {
     LockError::InvalidOptions {
         key: None,
         reason: format!(
-            "the Redis URL is not valid ({}); expected redis://[user:password@]host[:port][/db], \
-             rediss://... for TLS, or redis+unix:///path",
-            e
+            "the Redis URL is not valid ({e}); expected redis://[user:password@]host[:port][/db], \
+             rediss://... for TLS, redis+unix:///path, \
+             redis+cluster://[user:password@]host:port,host:port for a Cluster, or \
+             redis+sentinel://[user:password@]host:26379,host:26379/<master name>[/db] for \
+             Sentinel"
         ),
     }
 }

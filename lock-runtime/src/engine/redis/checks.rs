@@ -5,9 +5,12 @@
 use std::time::Duration;
 
 use redis::ConnectionAddr;
-use redis::aio::{ConnectionManager, PubSub};
+use redis::aio::PubSub;
 use tokio::io::AsyncReadExt;
 
+use super::connection::Conn;
+use super::shard_waiters::Sharded;
+use super::waiters::{Initial, Source, SubscriberSettings};
 use crate::error::BackendError;
 
 /// How long a server that refuses a new connection takes to say why: it writes its reason as
@@ -90,38 +93,70 @@ async fn refusal(client: &redis::Client) -> Option<String> {
         .flatten()
 }
 
-/// Opens the wake-up subscriber connection and checks that the user may SUBSCRIBE to and
-/// PUBLISH on (the release script does, under the user's rights) the locks' channels.
+/// Opens the wake-up subscriber connection and checks that the user may subscribe to and
+/// publish on (the release script does, under the user's rights) the locks' channels: SUBSCRIBE
+/// and PUBLISH, or on a Cluster SSUBSCRIBE and SPUBLISH (`publish`).
 pub(super) async fn open_subscriber(
-    client: &redis::Client,
-    conn: &mut ConnectionManager,
+    settings: &SubscriberSettings,
+    conn: &mut Conn,
     prefix: &str,
-) -> Result<PubSub, BackendError> {
-    let mut pubsub = match client.get_async_pubsub().await {
-        Ok(pubsub) => pubsub,
-        Err(e) => return Err(connection_refused(client, "wake-up subscriber connection", e).await),
-    };
+    publish: &str,
+) -> Result<Initial, BackendError> {
     let probe = format!("{prefix}{{{PROBE_KEY}}}:released");
+    let (subscribe, unsubscribe) = if publish == "SPUBLISH" {
+        ("ssubscribe", "sunsubscribe")
+    } else {
+        ("subscribe", "unsubscribe")
+    };
     let channels = |e: redis::RedisError| {
+        let verbs = subscribe.to_uppercase();
+        let publish_verb = publish.to_owned();
         refused(
             BackendError::redis(e),
             &format!(
-                "use the locks' wake-up channels (SUBSCRIBE and PUBLISH on channels `{prefix}*`)"
+                "use the locks' wake-up channels ({verbs} and {publish_verb} on channels `{prefix}*`)"
             ),
             &format!(
-                "grant them with `ACL SETUSER <user> +subscribe +unsubscribe +publish &{prefix}*`"
+                "grant them with `ACL SETUSER <user> +{subscribe} +{unsubscribe} +{} &{prefix}*`",
+                publish.to_lowercase()
             ),
         )
     };
-    pubsub.subscribe(&probe).await.map_err(channels)?;
-    pubsub.unsubscribe(&probe).await.map_err(channels)?;
+    let initial = match &settings.source {
+        Source::Cluster(_) => {
+            let mut sharded = Sharded::connect(settings)
+                .await
+                .map_err(BackendError::redis)?;
+            sharded.probe(&probe).await.map_err(channels)?;
+            Initial::Sharded(sharded)
+        }
+        Source::Single(client) => Initial::PubSub(plain_probe(client, &probe, &channels).await?),
+        Source::Sentinel(source) => {
+            let client = source.primary().await?;
+            Initial::PubSub(plain_probe(&client, &probe, &channels).await?)
+        }
+    };
     // Nobody listens to the probe's channel.
-    let _: i64 = redis::cmd("PUBLISH")
+    let _: i64 = redis::cmd(publish)
         .arg(&probe)
         .arg("0")
         .query_async(conn)
         .await
         .map_err(channels)?;
+    Ok(initial)
+}
+
+async fn plain_probe(
+    client: &redis::Client,
+    probe: &str,
+    channels: &impl Fn(redis::RedisError) -> BackendError,
+) -> Result<PubSub, BackendError> {
+    let mut pubsub = match client.get_async_pubsub().await {
+        Ok(pubsub) => pubsub,
+        Err(e) => return Err(connection_refused(client, "wake-up subscriber connection", e).await),
+    };
+    pubsub.subscribe(probe).await.map_err(channels)?;
+    pubsub.unsubscribe(probe).await.map_err(channels)?;
     Ok(pubsub)
 }
 
@@ -146,7 +181,7 @@ fn refused(error: BackendError, needs: &str, grant: &str) -> BackendError {
 
 /// Logs at WARN when the server's `maxmemory-policy` can evict lock keys. Without the right to
 /// ask (CONFIG is often denied to application users), says so at DEBUG and moves on.
-pub(super) async fn warn_if_evicting(conn: &mut ConnectionManager, response_timeout: Duration) {
+pub(super) async fn warn_if_evicting(conn: &mut Conn, response_timeout: Duration) {
     let mut config_get = redis::cmd("CONFIG");
     config_get.arg("GET").arg("maxmemory-policy");
     let ask = config_get.query_async::<Vec<String>>(conn);

@@ -29,7 +29,7 @@ impl RedisEngine {
         let lock = self.lock_key(key);
         let channel = format!("{lock}:released");
         let mut invocation = FORCE_RELEASE.prepare_invoke();
-        invocation.key(&lock).arg(&channel);
+        invocation.key(&lock).arg(&channel).arg(self.publish);
         let reply: Reply = self.call(invocation, "force-releasing").await?;
         read(lock, reply, "force-release")
     }

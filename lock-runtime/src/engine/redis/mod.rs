@@ -10,24 +10,33 @@
 //! outlive the lock: no key outlives its lock. The `{K}` hash tag keeps the lock's names in one
 //! Cluster slot.
 
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::oneshot;
+use redis::aio::ConnectionManagerConfig;
 
 use super::{Attempt, Engine, Released, Subscription};
 use crate::error::BackendError;
 use crate::lock_info::LockInfo;
-use crate::mutex::lock;
 
 mod checks;
+mod connection;
 mod inspect;
+mod shard_waiters;
+pub(crate) mod topology;
 mod waiters;
 
-use waiters::{SubscriberSettings, Waiters};
+use connection::{Commands, Conn, Remake, SentinelSource};
+use topology::Topology;
+use waiters::{Source, SubscriberSettings, Waiters};
+
+/// Why a command failed: before it was sent (no connection to be had), or in Redis.
+enum Failure {
+    Engine(BackendError),
+    Redis(redis::RedisError),
+}
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("acquire.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
@@ -44,45 +53,13 @@ pub(crate) struct RedisSettings {
 }
 
 pub(crate) struct RedisEngine {
-    conn: Mutex<CommandConnection>,
-    /// What a new command connection is made from, when the runtime of the old one is gone
-    /// (boxed: needed rarely, and large).
-    remake: Box<(redis::Client, ConnectionManagerConfig)>,
+    commands: Commands,
     prefix: String,
     response_timeout: Duration,
     waiters: Waiters,
     holder_label: String,
-}
-
-/// The command connection, and a sentinel task on the runtime that drives it.
-///
-/// The connection's I/O runs in a task of the runtime it was made on. A locker outlives that
-/// runtime when it is kept in a static or installed and then used from another one (the next
-/// `#[tokio::test]`): its connection is then dead ("broken pipe"), and is replaced on the
-/// runtime of the next caller. The sentinel is how that is noticed: it ends with its runtime.
-struct CommandConnection {
-    manager: ConnectionManager,
-    runtime_alive: oneshot::Receiver<()>,
-}
-
-impl CommandConnection {
-    fn new(manager: ConnectionManager) -> Self {
-        let (mut alive, runtime_alive) = oneshot::channel::<()>();
-        // Ends when the connection is replaced or dropped (its receiver is gone), or with the
-        // runtime.
-        tokio::spawn(async move { alive.closed().await });
-        CommandConnection {
-            manager,
-            runtime_alive,
-        }
-    }
-
-    fn runtime_gone(&mut self) -> bool {
-        matches!(
-            self.runtime_alive.try_recv(),
-            Err(oneshot::error::TryRecvError::Closed)
-        )
-    }
+    /// How a release wakes waiters: PUBLISH, or SPUBLISH on a Cluster.
+    publish: &'static str,
 }
 
 /// How many times the command connection retries a lost connection before a command fails;
@@ -91,7 +68,7 @@ const RECONNECT_RETRIES: usize = 2;
 
 impl RedisEngine {
     pub(crate) async fn connect(
-        client: redis::Client,
+        topology: Topology,
         settings: RedisSettings,
     ) -> Result<Self, BackendError> {
         let config = ConnectionManagerConfig::new()
@@ -102,13 +79,58 @@ impl RedisEngine {
         // timeout.
         let bound = settings.connect_timeout + settings.response_timeout;
         let timed_out = |_| BackendError::timeout(settings.connect_timeout, "connecting");
+        let (source, remake, publish) = match topology {
+            Topology::Single(client) => (
+                Source::Single(client.clone()),
+                Remake::Single(client, config.clone()),
+                "PUBLISH",
+            ),
+            Topology::Sentinel(client) => {
+                let source = Arc::new(SentinelSource::new(client, bound));
+                (
+                    Source::Sentinel(Arc::clone(&source)),
+                    Remake::Sentinel(source, config.clone()),
+                    "PUBLISH",
+                )
+            }
+            Topology::Cluster(nodes) => {
+                let client = nodes
+                    .client(None, settings.connect_timeout, settings.response_timeout)
+                    .map_err(BackendError::redis)?;
+                (Source::Cluster(nodes), Remake::Cluster(client), "SPUBLISH")
+            }
+        };
         let connect = async {
-            let mut conn = match client
-                .get_connection_manager_with_config(config.clone())
-                .await
-            {
-                Ok(conn) => conn,
-                Err(e) => return Err(checks::connection_refused(&client, "connection", e).await),
+            let mut conn = match &remake {
+                Remake::Single(client, config) => {
+                    match client
+                        .get_connection_manager_with_config(config.clone())
+                        .await
+                    {
+                        Ok(conn) => Conn::Manager(conn),
+                        Err(e) => {
+                            return Err(checks::connection_refused(client, "connection", e).await);
+                        }
+                    }
+                }
+                Remake::Sentinel(source, config) => {
+                    let client = source.primary().await?;
+                    match client
+                        .get_connection_manager_with_config(config.clone())
+                        .await
+                    {
+                        Ok(conn) => Conn::Manager(conn),
+                        Err(e) => {
+                            return Err(checks::connection_refused(&client, "connection", e).await);
+                        }
+                    }
+                }
+                Remake::Cluster(client) => Conn::Cluster(
+                    client
+                        .get_async_connection()
+                        .await
+                        .map_err(BackendError::redis)?,
+                ),
             };
             // Load the scripts now: the first acquire is then one EVALSHA like every other, and a
             // wrong password or an unusable server shows up here rather than at the first lock.
@@ -122,28 +144,27 @@ impl RedisEngine {
         let mut conn = tokio::time::timeout(bound, connect)
             .await
             .map_err(timed_out)??;
+        let subscriber_settings = SubscriberSettings {
+            source,
+            connect_timeout: settings.connect_timeout,
+            response_timeout: settings.response_timeout,
+            health_check: settings.health_check,
+        };
         // Made now rather than at the first contended acquire, so that a server that refuses it
         // says so here.
-        let subscriber = checks::open_subscriber(&client, &mut conn, &settings.prefix);
-        let pubsub = tokio::time::timeout(bound, subscriber)
+        let subscriber =
+            checks::open_subscriber(&subscriber_settings, &mut conn, &settings.prefix, publish);
+        let initial = tokio::time::timeout(bound, subscriber)
             .await
             .map_err(timed_out)??;
-        let waiters = Waiters::start(
-            SubscriberSettings {
-                client: client.clone(),
-                connect_timeout: settings.connect_timeout,
-                response_timeout: settings.response_timeout,
-                health_check: settings.health_check,
-            },
-            pubsub,
-        );
+        let waiters = Waiters::start(subscriber_settings, initial);
         let backend = RedisEngine {
-            conn: Mutex::new(CommandConnection::new(conn.clone())),
-            remake: Box::new((client, config)),
+            commands: Commands::new(conn.clone(), remake),
             prefix: settings.prefix,
             response_timeout: settings.response_timeout,
             waiters,
             holder_label: settings.holder_label,
+            publish,
         };
         // The scripts run under the user's rights on the keys they touch: release a lock nobody
         // holds, which changes nothing.
@@ -155,36 +176,11 @@ impl RedisEngine {
         Ok(backend)
     }
 
-    /// The command connection; a new one, driven by the current runtime, when the runtime of
-    /// the old one is gone.
-    fn command_connection(&self) -> ConnectionManager {
-        let mut conn = lock(&self.conn);
-        if conn.runtime_gone() {
-            // Connects at its first command, in the caller's runtime.
-            let (client, config) = &*self.remake;
-            match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
-                Ok(manager) => {
-                    tracing::debug!(
-                        "the runtime of the lock command connection is gone; reconnecting on \
-                         this one"
-                    );
-                    *conn = CommandConnection::new(manager);
-                }
-                Err(error) => tracing::debug!(%error, "lock command connection not replaced"),
-            }
-        }
-        conn.manager.clone()
-    }
-
     /// Stops the wake-up subscriber and lets the command connection go (the locker was closed):
     /// the connection closes once no command uses it. A later command, if any, connects again.
     pub(crate) fn close(&self) {
         self.waiters.stop();
-        let (client, config) = &*self.remake;
-        match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
-            Ok(idle) => *lock(&self.conn) = CommandConnection::new(idle),
-            Err(error) => tracing::debug!(%error, "lock command connection kept at close"),
-        }
+        self.commands.close();
     }
 
     fn lock_key(&self, key: &str) -> String {
@@ -196,12 +192,28 @@ impl RedisEngine {
         invocation: redis::ScriptInvocation<'_>,
         what: &'static str,
     ) -> Result<T, BackendError> {
-        let mut conn = self.command_connection();
-        match tokio::time::timeout(self.response_timeout, invocation.invoke_async(&mut conn)).await
-        {
-            Ok(Err(e)) if e.is_timeout() => Err(BackendError::timeout(self.response_timeout, what)),
-            Ok(result) => result.map_err(BackendError::redis),
-            Err(_) => Err(BackendError::timeout(self.response_timeout, what)),
+        let run = async {
+            let mut conn = self.commands.conn().await.map_err(Failure::Engine)?;
+            invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(Failure::Redis)
+        };
+        match tokio::time::timeout(self.response_timeout, run).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(Failure::Engine(e))) => Err(e),
+            Ok(Err(Failure::Redis(e))) => {
+                self.commands.failed(Some(&e));
+                if e.is_timeout() {
+                    Err(BackendError::timeout(self.response_timeout, what))
+                } else {
+                    Err(BackendError::redis(e))
+                }
+            }
+            Err(_) => {
+                self.commands.failed(None);
+                Err(BackendError::timeout(self.response_timeout, what))
+            }
         }
     }
 
@@ -278,7 +290,8 @@ impl RedisEngine {
             .key(&lock)
             .arg(token)
             .arg(keep.map_or(0, |k| millis(k).max(1)))
-            .arg(&channel);
+            .arg(&channel)
+            .arg(self.publish);
         let reply: i64 = self.call(invocation, "releasing").await?;
         Ok(if reply == 1 {
             Released::Done

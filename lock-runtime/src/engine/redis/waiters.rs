@@ -32,7 +32,9 @@ use redis::aio::{PubSub, PubSubSink, PubSubStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::checks;
+use super::connection::SentinelSource;
+use super::topology::ClusterNodes;
+use super::{checks, shard_waiters};
 use crate::engine::{FALLBACK_RETRY_INTERVAL, Link, Subscription, Unregister};
 use crate::mutex::lock;
 
@@ -46,14 +48,39 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_millis(250);
 
 /// What the subscriber needs from the locker's settings.
 pub(crate) struct SubscriberSettings {
-    pub(crate) client: redis::Client,
+    pub(crate) source: Source,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     /// How often the connection is PINGed; a PING unanswered by the next one ends it.
     pub(crate) health_check: Duration,
 }
 
-enum Command {
+/// Where the subscriber connection goes.
+pub(crate) enum Source {
+    /// One server: plain pub/sub.
+    Single(redis::Client),
+    /// The primary the sentinels name at each (re)connect: plain pub/sub.
+    Sentinel(Arc<SentinelSource>),
+    /// A Cluster: sharded pub/sub, so a release wakes the waiters of one shard only.
+    Cluster(ClusterNodes),
+}
+
+impl Source {
+    /// A new pub/sub connection (not for a Cluster, whose subscriber is `shard_waiters`).
+    async fn pubsub(&self) -> Result<PubSub, String> {
+        let client = match self {
+            Source::Single(client) => client.clone(),
+            Source::Sentinel(source) => source.primary().await.map_err(|e| e.to_string())?,
+            Source::Cluster(_) => return Err("a Cluster has no plain pub/sub connection".into()),
+        };
+        match client.get_async_pubsub().await {
+            Ok(conn) => Ok(conn),
+            Err(error) => Err(checks::connect_error(&client, error).await),
+        }
+    }
+}
+
+pub(super) enum Command {
     Register {
         channel: String,
         reply: oneshot::Sender<Registered>,
@@ -65,9 +92,9 @@ enum Command {
     Stop,
 }
 
-struct Registered {
-    notify: Arc<Notify>,
-    link: watch::Receiver<Link>,
+pub(super) struct Registered {
+    pub(super) notify: Arc<Notify>,
+    pub(super) link: watch::Receiver<Link>,
 }
 
 pub(crate) struct Waiters {
@@ -78,9 +105,9 @@ pub(crate) struct Waiters {
 impl Waiters {
     /// Starts the actor on the current runtime, with the connection made (and checked) at
     /// connect.
-    pub(crate) fn start(settings: SubscriberSettings, conn: PubSub) -> Self {
+    pub(crate) fn start(settings: SubscriberSettings, conn: Initial) -> Self {
         let settings = Arc::new(settings);
-        let actor = Actor::spawn(Arc::clone(&settings), Some(conn));
+        let actor = spawn(Arc::clone(&settings), Some(conn));
         Waiters {
             settings,
             actor: Mutex::new(actor),
@@ -95,7 +122,7 @@ impl Waiters {
                 "lock wake-up subscriber task is gone (its runtime shut down); starting one on \
                  this runtime"
             );
-            *actor = Actor::spawn(Arc::clone(&self.settings), None);
+            *actor = spawn(Arc::clone(&self.settings), None);
         }
         actor.clone()
     }
@@ -150,16 +177,37 @@ impl Waiters {
     }
 }
 
+/// The subscriber connection made (and checked) at connect.
+pub(crate) enum Initial {
+    PubSub(PubSub),
+    Sharded(shard_waiters::Sharded),
+}
+
+/// The actor for the settings' kind of pub/sub, on the current runtime.
+fn spawn(
+    settings: Arc<SubscriberSettings>,
+    initial: Option<Initial>,
+) -> mpsc::UnboundedSender<Command> {
+    match (&settings.source, initial) {
+        (Source::Cluster(_), Some(Initial::Sharded(conn))) => {
+            shard_waiters::spawn(settings, Some(conn))
+        }
+        (Source::Cluster(_), _) => shard_waiters::spawn(settings, None),
+        (_, Some(Initial::PubSub(conn))) => Actor::spawn(settings, Some(conn)),
+        (_, _) => Actor::spawn(settings, None),
+    }
+}
+
 /// A link that never comes up.
-fn down() -> watch::Receiver<Link> {
+pub(super) fn down() -> watch::Receiver<Link> {
     watch::channel(Link::Down).1
 }
 
 /// One subscribed channel: its waiters' wake-up, whether releases reach them, how many there are.
-struct Channel {
-    notify: Arc<Notify>,
-    link: watch::Sender<Link>,
-    waiters: usize,
+pub(super) struct Channel {
+    pub(super) notify: Arc<Notify>,
+    pub(super) link: watch::Sender<Link>,
+    pub(super) waiters: usize,
 }
 
 struct Connection {
@@ -362,10 +410,9 @@ impl Actor {
         self.connecting = true;
         let settings = Arc::clone(&self.settings);
         self.start(async move {
-            let connect = settings.client.get_async_pubsub();
+            let connect = settings.source.pubsub();
             let result = match tokio::time::timeout(settings.connect_timeout, connect).await {
-                Ok(Ok(conn)) => Ok(conn),
-                Ok(Err(error)) => Err(checks::connect_error(&settings.client, error).await),
+                Ok(result) => result,
                 Err(_) => Err(format!(
                     "connecting took longer than {:?}",
                     settings.connect_timeout
@@ -504,7 +551,7 @@ impl Actor {
 }
 
 /// `request` under `timeout`, its error as text.
-async fn bounded<T>(
+pub(super) async fn bounded<T>(
     timeout: Duration,
     request: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, String> {

@@ -1,0 +1,229 @@
+//! The command connection, whatever the deployment: one server (a `ConnectionManager`), a Cluster
+//! (redis-rs `cluster-async`, which follows MOVED/ASK and topology changes itself), or the primary
+//! the sentinels name (a `ConnectionManager` to it, made anew when it may have changed).
+//!
+//! A connection's I/O runs in a task of the runtime it was made on. A locker outlives that
+//! runtime when it is kept in a static or installed and then used from another one (the next
+//! `#[tokio::test]`): its connection is then dead ("broken pipe"), and is made anew on the
+//! runtime of the next caller. A sentinel task on the old runtime is how that is noticed: it
+//! ends with its runtime.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::SentinelClient;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tokio::sync::oneshot;
+
+use crate::error::BackendError;
+use crate::mutex::lock;
+
+/// A connection to send commands on; cheap to clone (clones share it).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Manager(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Manager(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Manager(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Manager(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where the primary is, for a deployment under Sentinel: asked of the sentinels each time,
+/// since a failover moves it.
+pub(crate) struct SentinelSource {
+    client: tokio::sync::Mutex<SentinelClient>,
+    timeout: Duration,
+}
+
+impl SentinelSource {
+    pub(crate) fn new(client: SentinelClient, timeout: Duration) -> Self {
+        SentinelSource {
+            client: tokio::sync::Mutex::new(client),
+            timeout,
+        }
+    }
+
+    /// A client for the current primary: the address a sentinel gives, once it answers `ROLE`
+    /// as a primary.
+    pub(crate) async fn primary(&self) -> Result<redis::Client, BackendError> {
+        let ask = async { self.client.lock().await.async_get_client().await };
+        match tokio::time::timeout(self.timeout, ask).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(BackendError::redis(e)),
+            Err(_) => Err(BackendError::timeout(
+                self.timeout,
+                "asking the sentinels for the primary",
+            )),
+        }
+    }
+}
+
+/// How a new command connection is made.
+pub(crate) enum Remake {
+    Single(redis::Client, ConnectionManagerConfig),
+    Cluster(ClusterClient),
+    Sentinel(Arc<SentinelSource>, ConnectionManagerConfig),
+}
+
+impl Remake {
+    async fn make(&self) -> Result<Conn, BackendError> {
+        match self {
+            // Connects at its first command.
+            Remake::Single(client, config) => {
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    .map(Conn::Manager)
+                    .map_err(BackendError::redis)
+            }
+            Remake::Cluster(client) => client
+                .get_async_connection()
+                .await
+                .map(Conn::Cluster)
+                .map_err(BackendError::redis),
+            Remake::Sentinel(source, config) => {
+                let client = source.primary().await?;
+                ConnectionManager::new_lazy_with_config(client, config.clone())
+                    .map(Conn::Manager)
+                    .map_err(BackendError::redis)
+            }
+        }
+    }
+}
+
+/// The command connection of one locker.
+pub(crate) struct Commands {
+    current: Mutex<Option<Driven>>,
+    /// Set when the Sentinel primary may have moved: the next command asks the sentinels first.
+    stale: AtomicBool,
+    /// One caller at a time makes a new connection; the others then use it.
+    remaking: tokio::sync::Mutex<()>,
+    remake: Remake,
+}
+
+/// A connection and the sentinel task on the runtime that drives it.
+struct Driven {
+    conn: Conn,
+    runtime_alive: oneshot::Receiver<()>,
+}
+
+impl Driven {
+    fn new(conn: Conn) -> Self {
+        let (mut alive, runtime_alive) = oneshot::channel::<()>();
+        // Ends when the connection is replaced or dropped (its receiver is gone), or with the
+        // runtime.
+        tokio::spawn(async move { alive.closed().await });
+        Driven {
+            conn,
+            runtime_alive,
+        }
+    }
+
+    fn runtime_gone(&mut self) -> bool {
+        matches!(
+            self.runtime_alive.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        )
+    }
+}
+
+impl Commands {
+    /// Starts with `conn`, made (and checked) at connect.
+    pub(crate) fn new(conn: Conn, remake: Remake) -> Self {
+        Commands {
+            current: Mutex::new(Some(Driven::new(conn))),
+            stale: AtomicBool::new(false),
+            remaking: tokio::sync::Mutex::new(()),
+            remake,
+        }
+    }
+
+    /// The connection to send a command on: the current one, or a new one when its runtime is
+    /// gone, it was let go at close, or (Sentinel) the primary may have moved.
+    pub(crate) async fn conn(&self) -> Result<Conn, BackendError> {
+        if let Some(conn) = self.usable() {
+            return Ok(conn);
+        }
+        let _turn = self.remaking.lock().await;
+        // Someone else made one while this caller waited for its turn.
+        if let Some(conn) = self.usable() {
+            return Ok(conn);
+        }
+        // Cleared first: a failure of the new connection marks it again.
+        self.stale.store(false, Ordering::SeqCst);
+        let conn = match self.remake.make().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.stale.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        tracing::debug!("lock command connection made anew");
+        *lock(&self.current) = Some(Driven::new(conn.clone()));
+        Ok(conn)
+    }
+
+    fn usable(&self) -> Option<Conn> {
+        let mut current = lock(&self.current);
+        let driven = current.as_mut()?;
+        if driven.runtime_gone() || self.stale.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(driven.conn.clone())
+    }
+
+    /// A command failed with `error` (`None`: no answer in time). Under Sentinel, a lost
+    /// connection, a timeout, or a write refused as READONLY (the node was demoted) may mean a
+    /// failover: the next command asks the sentinels where the primary is.
+    pub(crate) fn failed(&self, error: Option<&redis::RedisError>) {
+        if !matches!(self.remake, Remake::Sentinel(..)) {
+            return;
+        }
+        let moved = match error {
+            None => true,
+            Some(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+            }
+        };
+        if moved && !self.stale.swap(true, Ordering::SeqCst) {
+            tracing::debug!("lock command connection failed; asking the sentinels for the primary");
+        }
+    }
+
+    /// Lets the connection go (the locker was closed): it closes once no command uses it. A
+    /// later command, if any, connects again.
+    pub(crate) fn close(&self) {
+        lock(&self.current).take();
+    }
+}
