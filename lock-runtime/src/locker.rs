@@ -60,9 +60,15 @@ pub struct Locker {
 }
 
 impl Locker {
-    /// Connects to one Redis server with the default settings. The URL takes the forms
-    /// `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS), and
-    /// `redis+unix:///path/to/socket`.
+    /// Connects with the default settings; the URL says to what:
+    /// - one server: `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS),
+    ///   `redis+unix:///path/to/socket`;
+    /// - a Redis Cluster: `redis+cluster://[user:password@]host:port,host:port` (some of its
+    ///   nodes; `rediss+cluster://` for TLS);
+    /// - a primary under Sentinel:
+    ///   `redis+sentinel://[user:password@]host:26379,host:26379/<master name>[/db]` (the
+    ///   user and password are the primary's; `?sentinel_username=..&sentinel_password=..` the
+    ///   sentinels'; `rediss+sentinel://` for TLS).
     pub async fn connect(url: &str) -> Result<Locker, LockError> {
         Locker::builder(url).build().await
     }

@@ -1,6 +1,7 @@
 //! The engine seam: what a lock store must do, behind one object-safe trait ([`Engine`]), used as
-//! `Arc<dyn Engine>` by every layer above. Today: single Redis ([`redis`]) and in-process memory
-//! ([`memory`]); a Redis Cluster or Sentinel topology and an etcd engine implement the same trait.
+//! `Arc<dyn Engine>` by every layer above. Today: Redis ([`redis`]: one server, a Cluster, or a
+//! primary under Sentinel, one engine with one copy of the scripts) and in-process memory
+//! ([`memory`]); an etcd engine would implement the same trait.
 //!
 //! # Who owns what
 //!

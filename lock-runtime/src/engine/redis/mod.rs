@@ -21,6 +21,7 @@ use super::{Attempt, Engine, Released, Replicas, Subscription};
 use crate::error::BackendError;
 use crate::lock_info::LockInfo;
 
+mod channels;
 mod checks;
 mod connection;
 mod inspect;
