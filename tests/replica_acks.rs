@@ -47,9 +47,12 @@ struct Stopped(u32);
 
 impl Stopped {
     fn stop(server: &RedisServer) -> Self {
-        stop(server.pid());
-        wait_until_stopped(server.pid(), Duration::from_secs(5));
-        Stopped(server.pid())
+        stop(server.pid().expect("the server is running"));
+        wait_until_stopped(
+            server.pid().expect("the server is running"),
+            Duration::from_secs(5),
+        );
+        Stopped(server.pid().expect("the server is running"))
     }
 }
 
