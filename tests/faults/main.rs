@@ -29,6 +29,7 @@ mod paused_holder;
 mod promotion;
 mod redis_restart;
 mod resharding;
+mod shard_cut;
 mod slow_server;
 mod snapshot_restore;
 mod soak;
@@ -64,6 +65,7 @@ const FAULTS: &[Fault] = &[
     ),
     ("f15_subscriber", subscriber_fault::run),
     ("f16_cluster_resharding", resharding::run),
+    ("f17_cluster_shard_cut", shard_cut::run),
 ];
 
 /// Awaits `fut`, panicking with `what` if it takes longer than `bound`: "nothing hangs".

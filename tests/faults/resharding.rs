@@ -28,11 +28,12 @@ use crate::support::cluster::RedisCluster;
 use crate::support::node::{must, poll_until};
 use crate::support::records::{Record, monotonic_ns};
 
-const ROUNDS: usize = 6;
+const ROUNDS: usize = 12;
 /// The holder's watchdog lease: the time a waiter that missed the release would sleep.
 const HOLDER_LEASE: Duration = Duration::from_secs(10);
-/// Renewals this often, so that several happen within a round and one soon after the migration.
-const RENEWAL_INTERVAL: Duration = Duration::from_millis(500);
+/// Renewals this often, so that some are sent while the slot is half-way moved (the key already
+/// on the new node: the old one answers ASK) and one soon after the migration.
+const RENEWAL_INTERVAL: Duration = Duration::from_millis(50);
 const WAIT: Duration = Duration::from_secs(20);
 /// Until a subscription shows on a node, or a renewal on the new node: a MOVED, a slot map
 /// refresh and a reconnect on a loaded 2-core machine take well under a second; 10 s means it
@@ -47,6 +48,8 @@ const QUIET_WINDOW: Duration = Duration::from_millis(2 * 200);
 const HOLDER_LABEL: &str = "reshard-holder";
 const WAITER_LABEL: &str = "reshard-waiter";
 const SLOWLOG_ENTRIES: usize = 4096;
+/// PTTL is in whole milliseconds: two readings may differ by one more than the time between them.
+const PTTL_ROUNDING_MS: i64 = 1;
 
 pub fn run() -> FaultRow {
     crate::runtime().block_on(resharding())
@@ -57,6 +60,8 @@ struct Round {
     migration: Duration,
     resubscribed: Duration,
     renewed: Duration,
+    /// Requests (renewals, the waiter's attempts) that reached the new node by an ASK redirection.
+    asked: usize,
     woken: Duration,
     by_message: bool,
 }
@@ -137,12 +142,17 @@ async fn resharding() -> FaultRow {
             })
         });
 
+        let () = must(to, redis::cmd("SLOWLOG").arg("RESET"));
         let migrating = Instant::now();
         tokio::task::block_in_place(|| cluster.migrate_slot_of(&name, to));
         let migrated = Instant::now();
         let migration = migrated - migrating;
-        // The key moved with its expiry; a renewal sets it back to the full lease.
+        // The key moved with its expiry, which only runs down from here unless a renewal sets it
+        // back to the full lease. `since` starts after the reading and each later look's clock
+        // before its request, so the server's time between the two readings is at least `since`:
+        // without a renewal the reading is at most `moved_ttl - since` (+1 ms of rounding).
         let moved_ttl: i64 = must(to, redis::cmd("PTTL").arg(&name));
+        let since = Instant::now();
         assert!(
             moved_ttl > 0,
             "{name} did not move with the slot: {moved_ttl}"
@@ -155,15 +165,20 @@ async fn resharding() -> FaultRow {
             );
             let resubscribed = resubscribed - migrated;
             let renewed = poll_until("a renewal on the new node", FOLLOW_BOUND, || {
+                let elapsed = since.elapsed().as_millis() as i64;
                 let ttl: i64 = must(to, redis::cmd("PTTL").arg(&name));
-                if ttl > moved_ttl {
+                if ttl > moved_ttl - elapsed + PTTL_ROUNDING_MS {
                     Ok(Instant::now())
                 } else {
-                    Err(format!("PTTL {ttl}, {moved_ttl} at the migration"))
+                    Err(format!(
+                        "PTTL {ttl}, {moved_ttl} {elapsed} ms before, at the migration"
+                    ))
                 }
             });
             (resubscribed, renewed - migrated)
         });
+        let asked_on_the_way =
+            slowlog_count(to, |args| args.first().is_some_and(|a| is(a, "ASKING")));
         let value: Option<String> = must(to, redis::cmd("GET").arg(&name));
         assert!(
             value
@@ -182,11 +197,12 @@ async fn resharding() -> FaultRow {
         let () = must(to, redis::cmd("SLOWLOG").arg("RESET"));
 
         let holder_exit = monotonic_ns();
+        // From the release call: the message may wake the waiter before the release's answer.
+        let released = Instant::now();
         holder
             .release()
             .await
             .unwrap_or_else(|e| panic!("{key}: the holder's release after the migration: {e}"));
-        let released = Instant::now();
         let (at, record) = crate::within(WAIT, "the waiter", waiter)
             .await
             .expect("the waiter's task");
@@ -205,6 +221,7 @@ async fn resharding() -> FaultRow {
             migration,
             resubscribed,
             renewed,
+            asked: asked_on_the_way,
             woken,
             by_message: retries_while_asleep == 0,
         });
@@ -255,29 +272,32 @@ async fn resharding() -> FaultRow {
     let notes = format!(
         "holder kept every lock; a renewal on the new node at worst {:.0} ms after the \
          migration (every {} ms), its release there Ok; the waiter's SSUBSCRIBE on the new node \
-         at worst {:.0} ms after; release to the waiter's acquire at worst {:.1} ms (lease \
+         at worst {:.0} ms after; release call to the waiter's acquire at worst {:.1} ms (lease \
          {HOLDER_LEASE:?}), {by_message} of {ROUNDS} by the release's message (no retry in the \
-         {} ms before it), 0 by the fallback retry; control (waiter entering when it asked): \
-         {} overlaps seen; migration {:.0} ms at worst; row {:.1} s (cluster start {:.1} s)",
+         {} ms before it), 0 by the fallback retry; {} requests followed an ASK to the new node \
+         mid-migration; control (waiter entering when it asked): {} overlaps seen; migration \
+         {:.0} ms at worst; row {:.1} s (cluster start {:.1} s)",
         ms(worst(|r| r.renewed)),
         RENEWAL_INTERVAL.as_millis(),
         ms(worst(|r| r.resubscribed)),
         ms(worst(|r| r.woken)),
         QUIET_WINDOW.as_millis(),
+        rounds.iter().map(|r| r.asked).sum::<usize>(),
         control.total.unreported_overlaps,
         ms(worst(|r| r.migration)),
         elapsed.as_secs_f64(),
         setup.as_secs_f64(),
     );
     println!(
-        "  per round (migration, resubscribed, renewed, woken ms): {:?}",
+        "  per round (migration, resubscribed, renewed, woken ms, ASKs): {:?}",
         rounds
             .iter()
             .map(|r| (
                 ms(r.migration).round(),
                 ms(r.resubscribed).round(),
                 ms(r.renewed).round(),
-                (ms(r.woken) * 10.0).round() / 10.0
+                (ms(r.woken) * 10.0).round() / 10.0,
+                r.asked
             ))
             .collect::<Vec<_>>()
     );
@@ -310,21 +330,29 @@ fn subscribed(port: u16, channel: &str) -> Result<Instant, String> {
 /// The waiter's acquire attempts in the slow log of the node at `port` (every command is logged):
 /// scripts whose arguments carry the waiter's holder label, which only the acquire script takes.
 fn waiter_attempts(port: u16) -> usize {
+    slowlog_count(port, |args| {
+        args.first()
+            .is_some_and(|a| is(a, "EVALSHA") || is(a, "EVAL"))
+            && args.iter().any(|a| is(a, WAITER_LABEL))
+    })
+}
+
+/// The commands in the slow log of the node at `port` whose arguments match `matching`.
+fn slowlog_count(port: u16, matching: impl Fn(&[Value]) -> bool) -> usize {
     let entries: Vec<Value> = must(port, redis::cmd("SLOWLOG").arg("GET").arg(SLOWLOG_ENTRIES));
     entries
         .iter()
-        .filter(|entry| {
-            let Value::Array(fields) = entry else {
-                return false;
-            };
-            let Some(Value::Array(args)) = fields.get(3) else {
-                return false;
-            };
-            let is = |v: &Value, s: &str| {
-                matches!(v, Value::BulkString(b) if b.eq_ignore_ascii_case(s.as_bytes()))
-            };
-            args.first().is_some_and(|a| is(a, "EVALSHA") || is(a, "EVAL"))
-                && args.iter().any(|a| is(a, WAITER_LABEL))
+        .filter(|entry| match entry {
+            Value::Array(fields) => match fields.get(3) {
+                Some(Value::Array(args)) => matching(args),
+                _ => false,
+            },
+            _ => false,
         })
         .count()
+}
+
+/// `v` is the bulk string `s`, in any case.
+fn is(v: &Value, s: &str) -> bool {
+    matches!(v, Value::BulkString(b) if b.eq_ignore_ascii_case(s.as_bytes()))
 }
