@@ -6,8 +6,8 @@
 //! at the heal); healed.
 //!
 //! Promised (issue 12, "a client cut off from one shard"): locks on the other shards are
-//! unaffected (acquire and release keep working, at their usual latency, and locks held there
-//! keep being renewed); an acquire on the cut shard fails with a backend error within the
+//! unaffected (acquire and release keep working, at their usual latency, a waiter there is woken
+//! by another client's release at once, and locks held there keep being renewed); an acquire on the cut shard fails with a backend error within the
 //! response timeout, never hangs; a lock held on the cut shard is reported lost when its lease
 //! runs out unrenewed; after the heal the cut shard's locks work again.
 
@@ -17,7 +17,10 @@ use distlock::{LockError, LockGuard, LockOptions, Locker};
 use tokio::time::Instant;
 
 use crate::report::FaultRow;
+use crate::support::checker;
 use crate::support::cluster::RedisCluster;
+use crate::support::node::{must, poll_until};
+use crate::support::records::{Record, monotonic_ns};
 
 /// Short, so that a failure shows quickly and the row stays short; a loopback answer takes
 /// microseconds, so 1 s is never reached by a healthy shard even on a loaded 2-core machine.
@@ -43,6 +46,13 @@ const LOSS_BOUND: Duration = Duration::from_secs(3 + 1 + 2);
 const RECOVERY_BOUND: Duration = Duration::from_secs(10);
 /// Between two tries on the healed shard.
 const RECOVERY_POLL: Duration = Duration::from_millis(10);
+/// Hand-overs between two clients per shard and phase, how long the waiter may wait, and the
+/// bound on its wake-up: a message and an attempt take milliseconds; a waiter that missed the
+/// message would retry only at the holder's expiry (`LEASE`), or at the fallback pace (200 ms)
+/// while its subscription is down; 500 ms leaves room for a loaded 2-core machine.
+const WAKE_ROUNDS: usize = 2;
+const WAKE_WAIT: Duration = Duration::from_secs(5);
+const WAKE_BOUND: Duration = Duration::from_millis(500);
 /// An acquire-release cycle on a healthy shard stays far below a response timeout.
 const CYCLE_BOUND: Duration = RESPONSE_TIMEOUT;
 
@@ -60,13 +70,16 @@ struct Shard {
 async fn shard_cut() -> FaultRow {
     let started = Instant::now();
     let cluster = tokio::task::block_in_place(RedisCluster::start_behind_proxies);
-    let locker = Locker::builder(cluster.url())
-        .response_timeout(RESPONSE_TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .watchdog_lease(LEASE)
-        .build()
-        .await
-        .expect("connect through the proxies");
+    let connect = || {
+        Locker::builder(cluster.url())
+            .response_timeout(RESPONSE_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .watchdog_lease(LEASE)
+            .build()
+    };
+    let locker = connect().await.expect("connect through the proxies");
+    // A second client, whose releases the first one's waiters must hear from the cluster.
+    let releaser = connect().await.expect("connect through the proxies");
     let shards = shards(&cluster);
     let (cut, healthy) = shards.split_first().expect("three shards");
     let proxy = cluster.node(cut.port).proxy().expect("a proxy in front");
@@ -87,6 +100,8 @@ async fn shard_cut() -> FaultRow {
         held_healthy.push(held(shard).await);
     }
     let before = cycles(&locker, healthy).await;
+    let mut records = Vec::new();
+    let woken = wake_ups(&releaser, &locker, healthy, &mut records).await;
     assert!(
         proxy.accepted() > 0,
         "the locker did not go through the proxy"
@@ -96,6 +111,7 @@ async fn shard_cut() -> FaultRow {
     let cut_at = Instant::now();
     let cut_failures = failing_acquires(&locker, &cut.cycled).await;
     let during_cut = cycles(&locker, healthy).await;
+    let woken_cut = wake_ups(&releaser, &locker, healthy, &mut records).await;
     crate::within(
         LOSS_BOUND,
         "the cut shard's held lock reported lost",
@@ -127,6 +143,7 @@ async fn shard_cut() -> FaultRow {
     proxy.stall();
     let stall_failures = failing_acquires(&locker, &cut.cycled).await;
     let during_stall = cycles(&locker, healthy).await;
+    let woken_stall = wake_ups(&releaser, &locker, healthy, &mut records).await;
     proxy.heal();
     let stall_recovered = recovery(&locker, &cut.cycled).await;
     let after_stall = cycles(&locker, &shards).await;
@@ -138,8 +155,17 @@ async fn shard_cut() -> FaultRow {
         &during_stall,
         &after_stall,
     ];
-    // The cycles, the three held locks and the two acquisitions that showed the recovery.
-    let sections = phases.iter().map(|p| p.len() as u64).sum::<u64>() + 3 + 2;
+    // The cycles run one after another in one task; the hand-overs between the two clients are
+    // where two holders could meet.
+    let report = checker::check(&records);
+    assert!(
+        report.is_sound(),
+        "hand-overs between the clients: {report}"
+    );
+    // The cycles, the hand-overs' sections, the three held locks and the two acquisitions that
+    // showed the recovery.
+    let sections =
+        phases.iter().map(|p| p.len() as u64).sum::<u64>() + records.len() as u64 + 3 + 2;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let slowest =
         |failures: &[(Duration, String)]| failures.iter().map(|(d, _)| ms(*d)).fold(0.0, f64::max);
@@ -152,13 +178,18 @@ async fn shard_cut() -> FaultRow {
     };
     let notes = format!(
         "other shards (before / cut / after / stalled / after): {} acquire-release cycles, all \
-         Ok, median {} ms, worst {} ms; their held locks renewed through the cut. The isolated \
+         Ok, median {} ms, worst {} ms; a waiter woken by another client's release at worst in \
+         {} ms (before / cut / stalled, {WAKE_ROUNDS} per shard each); their held locks renewed \
+         through the cut. The isolated \
          shard: each acquire failed within {:.0} ms cut, {:.0} ms stalled (response timeout {} \
          ms; \"{}\"); its held lock reported lost {:.2} s after the cut (lease {LEASE:?}); locks \
          again {:.0} ms after healing the cut, {:.0} ms after healing the stall; row {:.1} s",
         figures(|p| p.len().to_string()),
         figures(median),
         figures(worst),
+        [&woken, &woken_cut, &woken_stall]
+            .map(|w| worst(w))
+            .join(" / "),
         slowest(&cut_failures),
         slowest(&stall_failures),
         RESPONSE_TIMEOUT.as_millis(),
@@ -180,7 +211,7 @@ async fn shard_cut() -> FaultRow {
              {RESPONSE_TIMEOUT:?}"
         ),
         sections,
-        overlaps: 0,
+        overlaps: report.total.unreported_overlaps,
         lost: 1,
         lost_reported: 1,
         recovery: Some(cut_recovered.max(stall_recovered)),
@@ -265,6 +296,80 @@ fn shards(cluster: &RedisCluster) -> Vec<Shard> {
         }
     }
     shards
+}
+
+/// `WAKE_ROUNDS` times on each shard: `releaser` holds the shard's cycled key, `waiter` waits for
+/// it, `releaser` releases once the wait shows on the node. Returns the times from the release
+/// call to the waiter having the lock, each below `WAKE_BOUND`.
+async fn wake_ups(
+    releaser: &Locker,
+    waiter: &Locker,
+    shards: &[Shard],
+    records: &mut Vec<Record>,
+) -> Vec<Duration> {
+    let mut woken = Vec::new();
+    for _ in 0..WAKE_ROUNDS {
+        for shard in shards {
+            let key = shard.cycled.clone();
+            let holder = releaser
+                .acquire(&key, LockOptions::new())
+                .await
+                .unwrap_or_else(|e| panic!("{key}: the releaser: {e}"));
+            let holder_enter = monotonic_ns();
+            let waiting = {
+                let (waiter, key) = (waiter.clone(), key.clone());
+                tokio::spawn(async move {
+                    let guard = waiter
+                        .acquire(&key, LockOptions::new().wait(WAKE_WAIT))
+                        .await
+                        .unwrap_or_else(|e| panic!("{key}: the waiter: {e}"));
+                    let (at, enter_ns) = (Instant::now(), monotonic_ns());
+                    let fence = guard.fencing_token();
+                    let exit_ns = monotonic_ns();
+                    release(guard).await;
+                    (
+                        at,
+                        Record::section(&key, fence, 1, enter_ns, exit_ns, false),
+                    )
+                })
+            };
+            let channel = format!("lock:{{{key}}}:released");
+            tokio::task::block_in_place(|| {
+                poll_until("the waiter's subscription", WAKE_WAIT, || {
+                    let (_, n): (String, u64) = must(
+                        shard.port,
+                        redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(&channel),
+                    );
+                    if n > 0 {
+                        Ok(())
+                    } else {
+                        Err(format!("nobody on {channel}"))
+                    }
+                })
+            });
+            records.push(Record::section(
+                &key,
+                holder.fencing_token(),
+                0,
+                holder_enter,
+                monotonic_ns(),
+                false,
+            ));
+            let released = Instant::now();
+            release(holder).await;
+            let (at, record) = crate::within(WAKE_WAIT, "the waiter", waiting)
+                .await
+                .expect("the waiter's task");
+            let took = at.saturating_duration_since(released);
+            assert!(
+                took < WAKE_BOUND,
+                "{key}: the waiter got the released lock only {took:?} after the release"
+            );
+            woken.push(took);
+            records.push(record);
+        }
+    }
+    woken
 }
 
 /// `CYCLES` acquire-release cycles on each shard's cycled key, each timed, each Ok and fast.
