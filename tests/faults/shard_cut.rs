@@ -7,9 +7,10 @@
 //!
 //! Promised (issue 12, "a client cut off from one shard"): locks on the other shards are
 //! unaffected (acquire and release keep working, at their usual latency, a waiter there is woken
-//! by another client's release at once, and locks held there keep being renewed); an acquire on the cut shard fails with a backend error within the
-//! response timeout, never hangs; a lock held on the cut shard is reported lost when its lease
-//! runs out unrenewed; after the heal the cut shard's locks work again.
+//! by another client's release at once, and locks held there keep being renewed); an acquire on
+//! the cut shard fails with a backend error within the response timeout, never hangs; a lock
+//! held on the cut shard is reported lost when its lease runs out unrenewed; after the heal the
+//! cut shard's locks work again.
 
 use std::time::Duration;
 
