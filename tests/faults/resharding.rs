@@ -14,12 +14,15 @@
 //! the waiter's acquire attempts (the only scripts carrying the waiter's holder label) on that
 //! node over a quiet window of two fallback intervals: zero means the waiter sleeps on a live
 //! subscription (a waiter without one retries every `FALLBACK_RETRY_INTERVAL`), so the release's
-//! message is what woke it.
+//! message is what woke it. The last round is the method's control: the waiter's user loses its
+//! channels (ACL) on the new node before the migration, so it cannot subscribe there and must
+//! retry at the fallback pace; the count has to see those retries.
 
 use std::time::Duration;
 
 use distlock::{LockOptions, Locker};
 use redis::Value;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::report::FaultRow;
@@ -47,6 +50,8 @@ const WAKE_BOUND: Duration = Duration::from_secs(2);
 const QUIET_WINDOW: Duration = Duration::from_millis(2 * 200);
 const HOLDER_LABEL: &str = "reshard-holder";
 const WAITER_LABEL: &str = "reshard-waiter";
+const WAITER_USER: &str = "reshard-waiter";
+const WAITER_PASSWORD: &str = "reshard-waiter-password";
 const SLOWLOG_ENTRIES: usize = 4096;
 /// PTTL is in whole milliseconds: two readings may differ by one more than the time between them.
 const PTTL_ROUNDING_MS: i64 = 1;
@@ -86,21 +91,48 @@ async fn resharding() -> FaultRow {
                 .arg(SLOWLOG_ENTRIES),
         );
     }
-    let locker = |label: &'static str| {
-        Locker::builder(cluster.url())
+    let locker = |url: String, label: &'static str| {
+        Locker::builder(url)
             .watchdog_lease(HOLDER_LEASE)
             .renewal_interval(RENEWAL_INTERVAL)
             .holder_label(label)
             .build()
     };
-    let holders = locker(HOLDER_LABEL).await.expect("connect the holder");
-    let waiters = locker(WAITER_LABEL).await.expect("connect the waiter");
+    // The waiter's client logs in as a user of its own, whose channels the control round takes
+    // away on the new node.
+    for node in cluster.nodes() {
+        let () = must(
+            node.port(),
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(WAITER_USER)
+                .arg("on")
+                .arg(format!(">{WAITER_PASSWORD}"))
+                .arg("~*")
+                .arg("&*")
+                .arg("+@all"),
+        );
+    }
+    let holders = locker(cluster.url(), HOLDER_LABEL)
+        .await
+        .expect("connect the holder");
+    let waiters = locker(
+        cluster
+            .url()
+            .replacen("://", &format!("://{WAITER_USER}:{WAITER_PASSWORD}@"), 1),
+        WAITER_LABEL,
+    )
+    .await
+    .expect("connect the waiter");
     let setup = started.elapsed();
 
     let mut records = Vec::new();
     let mut control = Vec::new();
     let mut rounds = Vec::new();
-    for n in 0..ROUNDS {
+    let mut denied = None;
+    // The last round is the method's control: the waiter may not subscribe on the new node.
+    for n in 0..=ROUNDS {
+        let deny = n == ROUNDS;
         let key = format!("reshard:{n}");
         let name = format!("lock:{{{key}}}");
         let channel = format!("{name}:released");
@@ -119,6 +151,10 @@ async fn resharding() -> FaultRow {
         let holder_enter = monotonic_ns();
         let fence = holder.fencing_token();
         let asked = monotonic_ns();
+        // The waiter says when it has the lock, and releases when told: in the control round its
+        // release (an SPUBLISH) must wait until its channels are given back.
+        let (acquired, acquired_rx) = oneshot::channel();
+        let (may_release, may_release_rx) = oneshot::channel::<()>();
         let waiter = {
             let (waiters, key) = (waiters.clone(), key.clone());
             tokio::spawn(async move {
@@ -126,14 +162,13 @@ async fn resharding() -> FaultRow {
                     .acquire(&key, LockOptions::new().wait(WAIT))
                     .await
                     .unwrap_or_else(|e| panic!("{key}: the waiter: {e}"));
-                let (at, enter_ns) = (Instant::now(), monotonic_ns());
+                let enter_ns = monotonic_ns();
+                let _ = acquired.send(Instant::now());
+                let _ = may_release_rx.await;
                 let fence = guard.fencing_token();
                 let exit_ns = monotonic_ns();
                 guard.release().await.expect("the waiter's release");
-                (
-                    at,
-                    Record::section(&key, fence, 1, enter_ns, exit_ns, false),
-                )
+                Record::section(&key, fence, 1, enter_ns, exit_ns, false)
             })
         };
         tokio::task::block_in_place(|| {
@@ -142,6 +177,15 @@ async fn resharding() -> FaultRow {
             })
         });
 
+        if deny {
+            let () = must(
+                to,
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg(WAITER_USER)
+                    .arg("resetchannels"),
+            );
+        }
         let () = must(to, redis::cmd("SLOWLOG").arg("RESET"));
         let migrating = Instant::now();
         tokio::task::block_in_place(|| cluster.migrate_slot_of(&name, to));
@@ -158,12 +202,15 @@ async fn resharding() -> FaultRow {
             "{name} did not move with the slot: {moved_ttl}"
         );
         let (resubscribed, renewed) = tokio::task::block_in_place(|| {
-            let resubscribed = poll_until(
-                "the waiter's subscription on the new node",
-                FOLLOW_BOUND,
-                || subscribed(to, &channel),
-            );
-            let resubscribed = resubscribed - migrated;
+            let resubscribed = if deny {
+                Duration::ZERO
+            } else {
+                poll_until(
+                    "the waiter's subscription on the new node",
+                    FOLLOW_BOUND,
+                    || subscribed(to, &channel),
+                ) - migrated
+            };
             let renewed = poll_until("a renewal on the new node", FOLLOW_BOUND, || {
                 let elapsed = since.elapsed().as_millis() as i64;
                 let ttl: i64 = must(to, redis::cmd("PTTL").arg(&name));
@@ -203,7 +250,20 @@ async fn resharding() -> FaultRow {
             .release()
             .await
             .unwrap_or_else(|e| panic!("{key}: the holder's release after the migration: {e}"));
-        let (at, record) = crate::within(WAIT, "the waiter", waiter)
+        let at = crate::within(WAIT, "the waiter", acquired_rx)
+            .await
+            .expect("the waiter's task");
+        if deny {
+            let () = must(
+                to,
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg(WAITER_USER)
+                    .arg("allchannels"),
+            );
+        }
+        let _ = may_release.send(());
+        let record = crate::within(WAIT, "the waiter's release", waiter)
             .await
             .expect("the waiter's task");
         let woken = at.saturating_duration_since(released);
@@ -217,14 +277,33 @@ async fn resharding() -> FaultRow {
             attempts_after_release >= 1,
             "{key}: the waiter took the lock without an attempt on the new node"
         );
-        rounds.push(Round {
+        let round = Round {
             migration,
             resubscribed,
             renewed,
             asked: asked_on_the_way,
             woken,
             by_message: retries_while_asleep == 0,
-        });
+        };
+        if deny {
+            assert!(
+                !round.by_message,
+                "control: a waiter that cannot subscribe on the new node made no paced retry \
+                 in {QUIET_WINDOW:?} the slow log saw"
+            );
+            denied = Some((retries_while_asleep, woken));
+            records.push(Record::section(
+                &key,
+                fence,
+                0,
+                holder_enter,
+                holder_exit,
+                false,
+            ));
+            records.push(record);
+            continue;
+        }
+        rounds.push(round);
         // The control: the waiter as if it had entered when it asked, which a lock prevents.
         control.push(Record::section(
             &key,
@@ -249,6 +328,7 @@ async fn resharding() -> FaultRow {
         records.push(record);
     }
 
+    let (denied_retries, denied_woken) = denied.expect("the control round ran");
     let report = checker::check(&records);
     assert!(
         report.is_sound(),
@@ -274,7 +354,9 @@ async fn resharding() -> FaultRow {
          migration (every {} ms), its release there Ok; the waiter's SSUBSCRIBE on the new node \
          at worst {:.0} ms after; release call to the waiter's acquire at worst {:.1} ms (lease \
          {HOLDER_LEASE:?}), {by_message} of {ROUNDS} by the release's message (no retry in the \
-         {} ms before it), 0 by the fallback retry; {} requests followed an ASK to the new node \
+         {} ms before it), 0 by the fallback retry (control: a waiter denied SSUBSCRIBE on the \
+         new node by ACL made {} paced retries in that window and got the lock {:.0} ms after \
+         the release); {} requests followed an ASK to the new node \
          mid-migration; control (waiter entering when it asked): {} overlaps seen; migration \
          {:.0} ms at worst; row {:.1} s (cluster start {:.1} s)",
         ms(worst(|r| r.renewed)),
@@ -282,6 +364,8 @@ async fn resharding() -> FaultRow {
         ms(worst(|r| r.resubscribed)),
         ms(worst(|r| r.woken)),
         QUIET_WINDOW.as_millis(),
+        denied_retries,
+        ms(denied_woken),
         rounds.iter().map(|r| r.asked).sum::<usize>(),
         control.total.unreported_overlaps,
         ms(worst(|r| r.migration)),
