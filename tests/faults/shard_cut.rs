@@ -190,10 +190,10 @@ async fn shard_cut() -> FaultRow {
         "other shards (before / cut / after / stalled / after): {} acquire-release cycles, all \
          Ok, median {} ms, worst {} ms; a waiter woken by another client's release at worst in \
          {} ms (before / cut / stalled, {WAKE_ROUNDS} per shard each); their held locks renewed \
-         through the cut. The isolated \
-         shard: each acquire failed within {:.0} ms cut, {:.0} ms stalled (response timeout {} \
-         ms; \"{}\"); its held lock reported lost {:.2} s after the cut (lease {LEASE:?} from its last renewal); locks \
-         again {:.0} ms after healing the cut, {:.0} ms after healing the stall; row {:.1} s",
+         through the cut. The isolated shard: each acquire failed within {:.0} ms cut, {:.0} ms \
+         stalled (response timeout {} ms; \"{}\"); its held lock reported lost {:.2} s after the \
+         cut (lease {LEASE:?} from its last renewal); locks again {:.0} ms after healing the \
+         cut, {:.0} ms after healing the stall; row {:.1} s",
         figures(|p| p.len().to_string()),
         figures(median),
         figures(worst),
