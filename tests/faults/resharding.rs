@@ -354,16 +354,17 @@ async fn resharding() -> FaultRow {
          migration (every {} ms), its release there Ok; the waiter's SSUBSCRIBE on the new node \
          at worst {:.0} ms after; release call to the waiter's acquire at worst {:.1} ms (lease \
          {HOLDER_LEASE:?}), {by_message} of {ROUNDS} by the release's message (no retry in the \
-         {} ms before it), 0 by the fallback retry (control: a waiter denied SSUBSCRIBE on the \
+         {} ms before it), {} by the fallback retry (control: a waiter denied SSUBSCRIBE on the \
          new node by ACL made {} paced retries in that window and got the lock {:.0} ms after \
-         the release); {} requests followed an ASK to the new node \
-         mid-migration; control (waiter entering when it asked): {} overlaps seen; migration \
-         {:.0} ms at worst; row {:.1} s (cluster start {:.1} s)",
+         the release); {} requests followed an ASK to the new node mid-migration; control \
+         (waiter entering when it asked): {} overlaps seen; migration {:.0} ms at worst; row \
+         {:.1} s (cluster start {:.1} s)",
         ms(worst(|r| r.renewed)),
         RENEWAL_INTERVAL.as_millis(),
         ms(worst(|r| r.resubscribed)),
         ms(worst(|r| r.woken)),
         QUIET_WINDOW.as_millis(),
+        ROUNDS - by_message,
         denied_retries,
         ms(denied_woken),
         rounds.iter().map(|r| r.asked).sum::<usize>(),
