@@ -356,7 +356,7 @@ async fn resharding() -> FaultRow {
          {HOLDER_LEASE:?}), {by_message} of {ROUNDS} by the release's message (no retry in the \
          {} ms before it), {} by the fallback retry (control: a waiter denied SSUBSCRIBE on the \
          new node by ACL made {} paced retries in that window and got the lock {:.0} ms after \
-         the release); {} requests followed an ASK to the new node mid-migration; control \
+         the release); {} request(s) followed an ASK to the new node mid-migration; control \
          (waiter entering when it asked): {} overlaps seen; migration {:.0} ms at worst; row \
          {:.1} s (cluster start {:.1} s)",
         ms(worst(|r| r.renewed)),
