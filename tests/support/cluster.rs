@@ -355,6 +355,17 @@ impl RedisCluster {
     /// A plain cluster client (not distlock's) for reading and writing keys in tests. It talks to
     /// the nodes directly, also when they announce proxies.
     pub async fn client(&self) -> redis::cluster_async::ClusterConnection {
+        self.client_builder()
+            .build()
+            .expect("cluster client")
+            .get_async_connection()
+            .await
+            .expect("connect to the test cluster")
+    }
+
+    /// The builder of `client()`: the running nodes as seeds, announced proxies mapped to the
+    /// nodes behind them.
+    pub fn client_builder(&self) -> redis::cluster::ClusterClientBuilder {
         let seeds: Vec<String> = self
             .nodes
             .iter()
@@ -372,13 +383,7 @@ impl RedisCluster {
                 )
             })
             .collect();
-        redis::cluster::ClusterClient::builder(seeds)
-            .node_address_map(direct)
-            .build()
-            .expect("cluster client")
-            .get_async_connection()
-            .await
-            .expect("connect to the test cluster")
+        redis::cluster::ClusterClient::builder(seeds).node_address_map(direct)
     }
 
     /// Until every node runs and agrees on one whole cluster: `cluster_state:ok`, all 16384

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod fixture;
 pub mod logs;
 pub mod node;
+pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod records;
