@@ -20,7 +20,9 @@ mod bad_input;
 mod baseline;
 mod cancellation_at_every_poll;
 mod cancellation_storm;
+mod cluster_failover;
 mod eviction;
+mod failover;
 mod flushall;
 mod forgetting;
 mod killed_holder;
@@ -28,6 +30,7 @@ mod network_cut;
 mod paused_holder;
 mod promotion;
 mod redis_restart;
+mod sentinel_failover;
 mod slow_server;
 mod snapshot_restore;
 mod soak;
@@ -62,6 +65,8 @@ const FAULTS: &[Fault] = &[
         cancellation_at_every_poll::run,
     ),
     ("f15_subscriber", subscriber_fault::run),
+    ("f16_cluster_failover", cluster_failover::run),
+    ("f17_sentinel_failover", sentinel_failover::run),
 ];
 
 /// Awaits `fut`, panicking with `what` if it takes longer than `bound`: "nothing hangs".
