@@ -68,6 +68,9 @@ const JAMMED: u64 = 4 * BALLAST_CHUNK as u64;
 const BALLAST_MAX: usize = 48 * 1024 * 1024;
 /// Until lost locks are reported: a renewal interval, and a retry after the failover's errors.
 const REPORT_BOUND: Duration = Duration::from_secs(10);
+/// From the kill until a probe must have a new lock: the support's failover bound (30 s) plus a
+/// response timeout and a new connection.
+const RECOVERY_BOUND: Duration = Duration::from_secs(40);
 /// Between probe attempts, and between looks at something settling.
 const PAUSE: Duration = Duration::from_millis(20);
 /// "Nothing hangs": any single step, on a loaded machine, in the middle of a failover.
@@ -607,6 +610,10 @@ async fn left_held(conn: &mut Connection, keys: &[String]) -> usize {
 async fn probe(locker: Locker, keys: Vec<String>, killed: Instant) -> (Duration, usize) {
     let mut errors = 0;
     for key in &keys {
+        assert!(
+            killed.elapsed() < RECOVERY_BOUND,
+            "no new lock within {RECOVERY_BOUND:?} of the kill ({errors} attempts failed)"
+        );
         let attempt = locker.try_acquire(key, LockOptions::new().lease(SECOND_LEASE));
         match within(STEP_BOUND, "a probe attempt", attempt).await {
             Ok(Some(guard)) => {
