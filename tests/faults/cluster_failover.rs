@@ -15,7 +15,7 @@ const SLOT_BATCH: usize = 1000;
 struct Cluster {
     cluster: RedisCluster,
     victim: u16,
-    /// A key of the victim's, by which the support kills it and follows its slots.
+    /// A key of the victim's, by which the support follows its slots.
     victim_key: String,
 }
 
@@ -38,8 +38,7 @@ impl Topology for Cluster {
     }
 
     fn kill_primary(&self) {
-        let killed = self.cluster.kill_primary_of(&self.victim_key);
-        assert_eq!(killed, self.victim);
+        self.cluster.kill(self.victim);
     }
 
     fn wait_for_failover(&self) -> u16 {

@@ -88,7 +88,7 @@ pub trait Topology: Send + Sync + 'static {
     fn replica_pid(&self) -> u32;
     /// `count` distinct lock keys (`name-<n>`) whose locks the victim primary holds.
     fn keys(&self, name: &str, count: usize) -> Vec<String>;
-    /// SIGKILL to the victim primary.
+    /// SIGKILL to the victim primary; returns once it is dead.
     fn kill_primary(&self);
     /// Until the replica has taken over; returns its port.
     fn wait_for_failover(&self) -> u16;
@@ -381,13 +381,14 @@ pub async fn scene<T: Topology>(topology: Arc<T>) -> Found {
             .collect()
     };
     let (plain_told, acked_told) = (told(&plain), told(&acked));
-    let killed = Instant::now();
     {
         let topology = Arc::clone(&topology);
         tokio::task::spawn_blocking(move || topology.kill_primary())
             .await
             .expect("kill");
     }
+    // The process is gone (the kill waits for it): from here on the primary is dead.
+    let killed = Instant::now();
     cont(replica_pid);
     let probes = [&plain, &acked].map(|holder| {
         let locker = holder.locker.clone();

@@ -274,6 +274,12 @@ impl RedisCluster {
         node.port
     }
 
+    /// SIGKILL to the node at `port`, without asking anyone first (`kill_primary_of` asks every
+    /// node for its view, which waits out a frozen node's timeout).
+    pub fn kill(&self, port: u16) {
+        self.node(port).server().kill();
+    }
+
     /// Until a replica has taken over every slot of the killed node at `killed`: every running
     /// node says `cluster_state:ok` and sees the killed one failed. Returns the new primary of
     /// `key`'s slot.
