@@ -20,7 +20,9 @@ mod bad_input;
 mod baseline;
 mod cancellation_at_every_poll;
 mod cancellation_storm;
+mod cluster_failover;
 mod eviction;
+mod failover;
 mod flushall;
 mod forgetting;
 mod killed_holder;
@@ -29,6 +31,7 @@ mod paused_holder;
 mod promotion;
 mod redis_restart;
 mod resharding;
+mod sentinel_failover;
 mod shard_cut;
 mod slow_server;
 mod snapshot_restore;
@@ -64,8 +67,10 @@ const FAULTS: &[Fault] = &[
         cancellation_at_every_poll::run,
     ),
     ("f15_subscriber", subscriber_fault::run),
-    ("f16_cluster_resharding", resharding::run),
-    ("f17_cluster_shard_cut", shard_cut::run),
+    ("f16_cluster_failover", cluster_failover::run),
+    ("f17_sentinel_failover", sentinel_failover::run),
+    ("f18_cluster_resharding", resharding::run),
+    ("f19_cluster_shard_cut", shard_cut::run),
 ];
 
 /// Awaits `fut`, panicking with `what` if it takes longer than `bound`: "nothing hangs".

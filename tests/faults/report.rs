@@ -115,6 +115,11 @@ Only a store that checks fencing tokens refuses the stale holder's writes (the p
 shows such a store doing it): fencing numbers follow the server clock, so the second holder's is \
 greater, and a store that refuses any number not greater than the last one it accepted refuses \
 the first holder's late writes.
+- **A failover** (rows 16 and 17, Cluster and Sentinel): without replica acknowledgement, a lock \
+the primary granted but its replica never received dies with the primary; its holder is told at \
+its next renewal, and a second holder can get in. With `replica_acks` such an acquisition fails \
+instead (`BackendError::is_not_replicated`) and nothing granted is lost, as long as the replica \
+that is promoted was connected to the primary when the lock was taken.
 - **A holder paused past its lease** (GC, SIGSTOP, a swapped-out VM) is in the same position: \
 nothing outside the process can stop it from acting when it resumes. It learns of the loss when it \
 next looks (`is_lost()`, `release()`); the fencing token is what makes its late write harmless.

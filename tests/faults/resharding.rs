@@ -1,4 +1,4 @@
-//! Fault 16: the slot of a held lock, with a waiter blocked on it, is resharded to another
+//! Fault 18: the slot of a held lock, with a waiter blocked on it, is resharded to another
 //! primary of a Redis Cluster (3 primaries + 3 replicas) the way `redis-cli --cluster reshard`
 //! does it: IMPORTING / MIGRATING, MIGRATE of the keys, SETSLOT NODE everywhere. The holder and
 //! the waiter are two lockers (two sets of connections), so the waiter can only learn of the

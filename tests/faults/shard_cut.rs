@@ -1,4 +1,4 @@
-//! Fault 17: a client cut off from one shard of a Redis Cluster. Every node announces the port of
+//! Fault 19: a client cut off from one shard of a Redis Cluster. Every node announces the port of
 //! a fault proxy of its own (`RedisCluster::start_behind_proxies`), so the locker reaches each
 //! primary through its proxy; the proxy of one primary is cut (every connection reset, new ones
 //! refused) while the cluster bus stays whole, so the cluster itself stays healthy; healed; then

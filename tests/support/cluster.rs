@@ -242,12 +242,42 @@ impl RedisCluster {
             .map(|(_, node)| node)
     }
 
+    /// The slot ranges the node at `port` serves by its own account (empty for a replica).
+    pub fn slots_of(&self, port: u16) -> Vec<(u16, u16)> {
+        view(port)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .find(|n| n.myself)
+            .map(|me| me.slots)
+            .unwrap_or_default()
+    }
+
+    /// The running replica of the primary at `port`, by the primary's view.
+    pub fn replica_of(&self, port: u16) -> &ClusterNode {
+        let id = &self.node(port).id;
+        let replica = view(port)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .find(|n| !n.primary && n.primary_id.as_ref() == Some(id))
+            .unwrap_or_else(|| panic!("no replica of {port}"));
+        self.nodes
+            .iter()
+            .find(|node| node.id == replica.id && node.is_running())
+            .unwrap_or_else(|| panic!("the replica {} of {port} is not running", replica.id))
+    }
+
     /// SIGKILL to the primary serving `key`; returns its port. The cluster is down for that
     /// shard until `wait_for_failover`.
     pub fn kill_primary_of(&self, key: &str) -> u16 {
         let node = self.primary_for_key(key);
         node.server().kill();
         node.port
+    }
+
+    /// SIGKILL to the node at `port`, without asking anyone first (`kill_primary_of` asks every
+    /// node for its view, which waits out a frozen node's timeout).
+    pub fn kill(&self, port: u16) {
+        self.node(port).server().kill();
     }
 
     /// Until a replica has taken over every slot of the killed node at `killed`: every running

@@ -100,6 +100,11 @@ impl RedisSentinel {
             .collect()
     }
 
+    /// The process id of the data node at `port`, while it runs.
+    pub fn pid_of(&self, port: u16) -> Option<u32> {
+        self.data_node(port).pid()
+    }
+
     /// SIGKILL to the primary; returns its port.
     pub fn kill_primary(&self) -> u16 {
         let port = self.primary_port();

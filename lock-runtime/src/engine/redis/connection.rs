@@ -120,7 +120,8 @@ impl Remake {
 /// The command connection of one locker.
 pub(crate) struct Commands {
     current: Mutex<Option<Driven>>,
-    /// Set when the Sentinel primary may have moved: the next command asks the sentinels first.
+    /// Set when the primary (Sentinel) or the slots (Cluster) may have moved: the next command
+    /// connects anew (under Sentinel, asking the sentinels first).
     stale: AtomicBool,
     /// One caller at a time makes a new connection; the others then use it.
     remaking: tokio::sync::Mutex<()>,
@@ -195,8 +196,14 @@ impl Commands {
     /// A command failed with `error` (`None`: no answer in time). Under Sentinel, a lost
     /// connection, a timeout, or a write refused as READONLY (the node was demoted) may mean a
     /// failover: the next command asks the sentinels where the primary is.
+    ///
+    /// On a Cluster the same failures make the next command use a new cluster connection, which
+    /// learns the slots afresh. The client library's own recovery can keep a slot map read in
+    /// the middle of a failover (the shard's primary dead, its replica left out while it had
+    /// been unreachable) and then time out every command on that shard long after the cluster
+    /// has recovered: seen by the fault suite's cluster failover row, over 80 s and counting.
     pub(crate) fn failed(&self, error: Option<&redis::RedisError>) {
-        if !matches!(self.remake, Remake::Sentinel(..)) {
+        if matches!(self.remake, Remake::Single(..)) {
             return;
         }
         let moved = match error {
@@ -210,7 +217,7 @@ impl Commands {
             }
         };
         if moved && !self.stale.swap(true, Ordering::SeqCst) {
-            tracing::debug!("lock command connection failed; asking the sentinels for the primary");
+            tracing::debug!("lock command connection failed; the next command connects anew");
         }
     }
 
