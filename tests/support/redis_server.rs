@@ -165,6 +165,14 @@ impl RedisServer {
         }
     }
 
+    /// The server's process id (for SIGSTOP/SIGCONT), while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("the server is running")
+    }
+
     /// SIGKILL: the server dies at once, losing everything (no persistence).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

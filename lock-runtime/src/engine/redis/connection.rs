@@ -176,17 +176,11 @@ impl Commands {
         if let Some(conn) = self.usable() {
             return Ok(conn);
         }
-        // Cleared first: a failure of the new connection marks it again.
-        self.stale.store(false, Ordering::SeqCst);
-        let conn = match self.remake.make().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.stale.store(true, Ordering::SeqCst);
-                return Err(e);
-            }
-        };
+        // Stale until a new one is in place, also when this future is dropped meanwhile.
+        let conn = self.remake.make().await?;
         tracing::debug!("lock command connection made anew");
         *lock(&self.current) = Some(Driven::new(conn.clone()));
+        self.stale.store(false, Ordering::SeqCst);
         Ok(conn)
     }
 

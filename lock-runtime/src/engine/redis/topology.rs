@@ -48,6 +48,8 @@ impl ClusterNodes {
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .push_sender(sender);
         }
+        #[cfg(not(feature = "tls"))]
+        let _ = &self.root_certificate;
         #[cfg(feature = "tls")]
         if let Some(root_cert) = &self.root_certificate {
             builder = builder.certs(redis::TlsCertificates {
