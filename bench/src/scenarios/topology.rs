@@ -85,8 +85,8 @@ pub struct TopologyMeasured {
     pub ping: Vec<Duration>,
     pub uncontended: Vec<Duration>,
     pub counted: Counted,
-    /// `None` when the library has no replica acknowledgement.
-    pub acked: Option<Vec<Duration>>,
+    /// The same uncontended sections with replica acknowledgement.
+    pub acked: Vec<Duration>,
     pub acked_counted: Counted,
     /// Per K of the plan's cross-process handoff, in its order.
     pub crossprocess: Vec<Vec<Duration>>,
@@ -212,7 +212,7 @@ async fn measure(plan: &Plan, mut setup: Setup) -> Result<TopologyMeasured> {
         ping: Vec::new(),
         uncontended: Vec::new(),
         counted: Counted::default(),
-        acked: acked.as_ref().map(|_| Vec::new()),
+        acked: Vec::new(),
         acked_counted: Counted::default(),
         crossprocess: vec![Vec::new(); plan.crossprocess_ks.len()],
         shards: setup.one_shard_keys.as_ref().map(|keys| Shards {
@@ -224,9 +224,7 @@ async fn measure(plan: &Plan, mut setup: Setup) -> Result<TopologyMeasured> {
 
     setup.pinger.samples(plan.ping_per_round).await?;
     uncontended::latencies(&plain, "topo-warm", plan.warmup_sections).await?;
-    if let Some(acked) = &acked {
-        uncontended::latencies(acked, "topo-warm-acked", plan.warmup_sections).await?;
-    }
+    uncontended::latencies(&acked, "topo-warm-acked", plan.warmup_sections).await?;
     setup.primaries.flush().await?;
 
     for round in 0..plan.rounds {
@@ -235,10 +233,7 @@ async fn measure(plan: &Plan, mut setup: Setup) -> Result<TopologyMeasured> {
             .extend(setup.pinger.samples(plan.ping_per_round).await?);
 
         // Without and with acknowledgement, the order alternating from round to round.
-        let mut variants = vec![(false, &plain)];
-        if let Some(acked) = &acked {
-            variants.push((true, acked));
-        }
+        let mut variants = [(false, &plain), (true, &acked)];
         if round % 2 == 1 {
             variants.reverse();
         }
@@ -254,9 +249,7 @@ async fn measure(plan: &Plan, mut setup: Setup) -> Result<TopologyMeasured> {
             let sections = samples.len() as u64;
             if with_acks {
                 out.acked_counted.add(sections, &counts);
-                if let Some(acked) = &mut out.acked {
-                    acked.extend(samples);
-                }
+                out.acked.extend(samples);
             } else {
                 out.counted.add(sections, &counts);
                 out.uncontended.extend(samples);
@@ -313,9 +306,13 @@ async fn measure(plan: &Plan, mut setup: Setup) -> Result<TopologyMeasured> {
     Ok(out)
 }
 
-/// distlock with replica acknowledgement.
-async fn acked_subject(_url: &str) -> Result<Option<Subject>> {
-    Ok(None)
+/// distlock with replica acknowledgement on every lock.
+async fn acked_subject(url: &str) -> Result<Subject> {
+    let locker = distlock::Locker::builder(url)
+        .replica_acks(REPLICA_ACKS_WITHIN)
+        .build()
+        .await?;
+    Ok(Subject::Ours(locker))
 }
 
 /// `n` lock names whose keys hash to slots of the primary at `primary_url`.
