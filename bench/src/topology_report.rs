@@ -310,14 +310,16 @@ fn scaling(cluster: Option<&TopologyMeasured>) -> String {
         out,
         "- **The argument**: each step of a lock is one script on the slot of the lock's hash \
          tag, and its wake-up is an `SPUBLISH` on a channel in that slot, which Redis delivers \
-         within the shard (a plain `PUBLISH` goes over the cluster bus to every node). No lock \
-         command touches a second shard, and shards share nothing a lock needs; so N shards, each \
-         primary on a core of its own, serve about N x one shard's figure: {} sections per second \
-         for 3 shards, {} for 10, until the client is the limit (its CPU, or its connection to \
-         each primary; more client processes lift it). Waiters subscribe on their lock's shard \
-         only, so waiting adds nothing to the other shards either.",
+         within the shard (a plain `PUBLISH` goes over the cluster bus to every node); waiters \
+         subscribe on their lock's shard only. No lock command touches a second shard, and shards \
+         share nothing a lock needs; so N shards, each primary on a core of its own, serve about \
+         N x one shard's figure until the client is the limit (its CPU, or its connection to \
+         each primary; more client processes lift it). With this run's one-shard figure, itself \
+         held down by the cores it shares here: about {} sections per second for 3 shards, {} \
+         for 10; a shard's own ceiling, from its CPU per section, is the {} above.",
         num(3.0 * rate),
-        num(10.0 * rate)
+        num(10.0 * rate),
+        num(1e6 / cpu)
     );
     let _ = writeln!(
         out,
