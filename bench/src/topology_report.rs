@@ -13,7 +13,7 @@ use crate::plan::Plan;
 use crate::report::{num, secs};
 use crate::scenarios::Measurements;
 use crate::scenarios::topology::{
-    Counted, REPLICA_ACKS_WITHIN, Shards, Topology, TopologyMeasured,
+    Counted, REPLICA_ACKS_WITHIN, Shards, Topology, TopologyMeasured, WRITING_SCRIPT,
 };
 use crate::stats::Summary;
 use crate::subject::Kind;
@@ -74,6 +74,22 @@ impl TopologyReport {
                 .into(),
             one_server: ping_cell(single_ping),
             values: by_topology(&|m| ping_cell(Summary::of(&m.ping))),
+        });
+        rows.push(TopologyRow {
+            metric:
+                "for scale: two calls of an empty script (`EVALSHA` of `return 1`) on the PING \
+                     connection, median, x PING"
+                    .into(),
+            one_server: num(median(&single.empty_scripts, single_unit)),
+            values: by_topology(&|m| num(median(&m.empty_scripts, unit(m)))),
+        });
+        rows.push(TopologyRow {
+            metric: format!(
+                "for scale: two calls of a script that writes (`{WRITING_SCRIPT}`), the same way, \
+                 median, x PING"
+            ),
+            one_server: "-".into(),
+            values: by_topology(&|m| num(median(&m.writing_scripts, unit(m)))),
         });
         rows.push(TopologyRow {
             metric: "uncontended acquire+release on a fresh key, median, x PING".into(),
@@ -190,6 +206,8 @@ impl TopologyReport {
                 "topology": m.topology,
                 "name": m.topology.name(),
                 "ping_us": Summary::of(&m.ping),
+                "empty_script_pairs_us": Summary::of(&m.empty_scripts),
+                "writing_script_pairs_us": Summary::of(&m.writing_scripts),
                 "uncontended_us": Summary::of(&m.uncontended),
                 "uncontended_acked_us": Summary::of(&m.acked),
                 "commands": m.counted,
@@ -348,7 +366,8 @@ fn how(plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "- Per topology: a warm-up, then {} round(s) of: {} PINGs; a block of {} uncontended \
+        "- Per topology: a warm-up, then {} round(s) of: {} PINGs, as many pairs of each reference \
+         script; a block of {} uncontended \
          sections without and one with replica acknowledgement (order alternating); on the \
          Cluster, a {} s throughput block with all keys on one shard and one with keys spread \
          (order alternating); the cross-process handoff of scenario 8 (blocks of {} s). The \
@@ -361,6 +380,12 @@ fn how(plan: &Plan) -> String {
         plan.uncontended_per_block,
         secs(plan.throughput_block),
         secs(plan.crossprocess_block)
+    );
+    let _ = writeln!(
+        out,
+        "- The reference scripts: where a lock's step costs more than an empty script call, the \
+         writing script shows how much of that any write costs here (each write also goes to the \
+         primary's replica, a process on the same cores)."
     );
     let _ = writeln!(
         out,

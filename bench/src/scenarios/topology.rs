@@ -22,6 +22,13 @@ use crate::subject::{Kind, Subject};
 /// The bound given to replica acknowledgement: far above a replica's round trip on loopback, so it
 /// never runs out here; what is measured is what waiting for the replica costs.
 pub const REPLICA_ACKS_WITHIN: Duration = Duration::from_secs(1);
+/// The floor, on a connection, of any lock that makes one script call per step.
+pub const EMPTY_SCRIPT: &str = "return 1";
+/// The same for a step that writes: a write is also sent to the primary's replica, which on this
+/// machine shares the cores with everything else (one `SET`, one `DEL`: a key left behind would
+/// not be a fresh key for the next call).
+pub const WRITING_SCRIPT: &str =
+    "redis.call('set', KEYS[1], '1') redis.call('del', KEYS[1]) return 1";
 /// Redis Cluster's slots.
 const SLOTS: u16 = 16384;
 /// A step through the slots that visits the three shards' ranges in turn (prime to 16384).
@@ -83,6 +90,10 @@ pub struct Shards {
 pub struct TopologyMeasured {
     pub topology: Topology,
     pub ping: Vec<Duration>,
+    /// Two calls of [`EMPTY_SCRIPT`] per sample, on the PING connection.
+    pub empty_scripts: Vec<Duration>,
+    /// Two calls of [`WRITING_SCRIPT`] per sample, on the PING connection.
+    pub writing_scripts: Vec<Duration>,
     pub uncontended: Vec<Duration>,
     pub counted: Counted,
     /// The same uncontended sections with replica acknowledgement.
@@ -124,6 +135,27 @@ impl Pinger {
                         .await
                         .context("PING to the primary")?;
                 }
+            }
+            samples.push(started.elapsed());
+        }
+        Ok(samples)
+    }
+
+    /// `n` samples of two sequential calls of `script` (with a key, so the Cluster routes it
+    /// like a lock's script; the key moves on each time).
+    async fn script_pairs(&mut self, script: &str, n: usize) -> Result<Vec<Duration>> {
+        let script = redis::Script::new(script);
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n {
+            let key = format!("reference-script:{i}");
+            let started = Instant::now();
+            for _ in 0..2 {
+                let call = script.key(&key);
+                let _: i64 = match self {
+                    Pinger::Cluster(conn) => call.invoke_async(conn).await,
+                    Pinger::Primary(conn) => call.invoke_async(conn).await,
+                }
+                .context("EVALSHA of a reference script")?;
             }
             samples.push(started.elapsed());
         }
@@ -210,6 +242,8 @@ async fn measure(plan: &Plan, mut setup: Setup) -> Result<TopologyMeasured> {
     let mut out = TopologyMeasured {
         topology: setup.topology,
         ping: Vec::new(),
+        empty_scripts: Vec::new(),
+        writing_scripts: Vec::new(),
         uncontended: Vec::new(),
         counted: Counted::default(),
         acked: Vec::new(),
@@ -223,6 +257,13 @@ async fn measure(plan: &Plan, mut setup: Setup) -> Result<TopologyMeasured> {
     };
 
     setup.pinger.samples(plan.ping_per_round).await?;
+    // Loads the scripts on every primary.
+    for script in [EMPTY_SCRIPT, WRITING_SCRIPT] {
+        setup
+            .pinger
+            .script_pairs(script, plan.ping_per_round)
+            .await?;
+    }
     uncontended::latencies(&plain, "topo-warm", plan.warmup_sections).await?;
     uncontended::latencies(&acked, "topo-warm-acked", plan.warmup_sections).await?;
     setup.primaries.flush().await?;
@@ -231,6 +272,18 @@ async fn measure(plan: &Plan, mut setup: Setup) -> Result<TopologyMeasured> {
         let tag = |what: &str| format!("t{round}-{what}");
         out.ping
             .extend(setup.pinger.samples(plan.ping_per_round).await?);
+        out.empty_scripts.extend(
+            setup
+                .pinger
+                .script_pairs(EMPTY_SCRIPT, plan.ping_per_round)
+                .await?,
+        );
+        out.writing_scripts.extend(
+            setup
+                .pinger
+                .script_pairs(WRITING_SCRIPT, plan.ping_per_round)
+                .await?,
+        );
 
         // Without and with acknowledgement, the order alternating from round to round.
         let mut variants = [(false, &plain), (true, &acked)];
