@@ -316,8 +316,8 @@ fn scaling(cluster: Option<&TopologyMeasured>) -> String {
     let _ = writeln!(
         out,
         "- **Locality**: meanwhile the other {} primaries ran {} commands in all (health checks \
-         left out), that shard {}. Uncontended, the primaries ran {} per section, {} of them \
-         `SPUBLISH` (the release's wake-up, on the lock's slot).",
+         left out), against {} on the lock's shard. Uncontended, the primaries ran {} per \
+         section, {} of them `SPUBLISH` (the release's wake-up, on the lock's slot).",
         s.primaries - 1,
         s.other_shards_commands,
         s.one_shard_commands,
