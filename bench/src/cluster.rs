@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::server::{RedisServer, info_field as field};
+use crate::server::{RedisServer, free_port, info_field as field};
 
 pub const PRIMARIES: usize = 3;
 const REPLICAS_PER_PRIMARY: usize = 1;
@@ -26,23 +26,28 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Result<Cluster> {
-        let mut nodes = Vec::new();
-        for _ in 0..PRIMARIES * (1 + REPLICAS_PER_PRIMARY) {
-            nodes.push(
+        // Started together: each waits until it answers PING.
+        let nodes = futures_util::future::try_join_all(
+            (0..PRIMARIES * (1 + REPLICAS_PER_PRIMARY)).map(|_| async {
+                // The cluster bus port too: its default, the port + 10000, may be taken or out of range.
+                let bus_port = free_port()?.to_string();
                 RedisServer::start_with(&args(&[
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
+                    "--cluster-port",
+                    &bus_port,
                     "--cluster-node-timeout",
                     NODE_TIMEOUT_MS,
                     // A replica's first sync starts at once, not after the default 5 s.
                     "--repl-diskless-sync-delay",
                     "0",
                 ]))
-                .await?,
-            );
-        }
+                .await
+            }),
+        )
+        .await?;
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))

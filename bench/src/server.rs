@@ -129,7 +129,7 @@ impl Drop for RedisServer {
 }
 
 /// A port the OS just handed out; the tiny race until redis-server binds it is acceptable here.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
