@@ -31,7 +31,7 @@ async fn is_free(locker: &Locker, key: &str) -> bool {
 }
 
 async fn pttl(fx: &Fixture, key: &str) -> i64 {
-    let mut conn = fx.server().client().await;
+    let mut conn = fx.client().await;
     redis::cmd("PTTL")
         .arg(format!("lock:{{{key}}}"))
         .query_async(&mut conn)
@@ -40,7 +40,7 @@ async fn pttl(fx: &Fixture, key: &str) -> i64 {
 }
 
 async fn exists(fx: &Fixture, key: &str) -> bool {
-    let mut conn = fx.server().client().await;
+    let mut conn = fx.client().await;
     redis::cmd("EXISTS")
         .arg(format!("lock:{{{key}}}"))
         .query_async(&mut conn)
@@ -49,10 +49,7 @@ async fn exists(fx: &Fixture, key: &str) -> bool {
 }
 
 async fn evalsha_calls(fx: &Fixture) -> u64 {
-    match &fx.server {
-        Some(server) => server.command_calls("evalsha").await,
-        None => 0,
-    }
+    fx.command_calls("evalsha").await
 }
 
 async fn try_acquire_takes_a_free_lock_and_says_none_when_busy(fx: Fixture) {
@@ -173,7 +170,7 @@ async fn extending_a_lock_deleted_behind_its_back_is_lease_lost(fx: Fixture) {
         .acquire("vanished", LockOptions::new().lease(LONG))
         .await
         .expect("acquire");
-    let mut conn = fx.server().client().await;
+    let mut conn = fx.client().await;
     let () = redis::cmd("DEL")
         .arg("lock:{vanished}")
         .query_async(&mut conn)
@@ -322,16 +319,6 @@ async fn a_locked_body_extends_its_lock_through_current(fx: Fixture) {
     assert!(!lost, "the extended lease ran out");
 }
 
-/// How many clients the server has, by `CLIENT LIST` on `conn` (which counts itself).
-async fn clients(conn: &mut redis::aio::MultiplexedConnection) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(conn)
-        .await
-        .expect("CLIENT LIST");
-    list.lines().count()
-}
-
 async fn close_stops_the_lockers_connections(fx: Fixture) {
     if !fx.is_redis() {
         return; // the memory backend has no connections
@@ -342,9 +329,9 @@ async fn close_stops_the_lockers_connections(fx: Fixture) {
         .await
         .expect("acquire");
     drop(guard);
-    let mut conn = fx.server().client().await;
+    let probe = fx.probe();
     assert!(
-        clients(&mut conn).await > 1,
+        probe.client_connections().await > 0,
         "the locker's connections are not there to begin with"
     );
     fx.locker.close().await;
@@ -353,14 +340,13 @@ async fn close_stops_the_lockers_connections(fx: Fixture) {
     let bound = Duration::from_secs(10);
     let deadline = tokio::time::Instant::now() + bound;
     loop {
-        let left = clients(&mut conn).await;
-        if left == 1 {
+        let left = probe.client_connections().await;
+        if left == 0 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{} connections of the closed locker still open after {bound:?}",
-            left - 1
+            "{left} connections of the closed locker still open after {bound:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -15,9 +15,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use distlock::{LockError, LockGuard, LockOptions, Locker, distributed_lock};
-use redis::aio::MultiplexedConnection;
 use support::fixture::Fixture;
-use support::redis_server::commandstat_calls;
+use support::probe::Probe;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -203,30 +202,23 @@ async fn hold_elsewhere(locker: &Locker, key: &str, options: LockOptions) -> Loc
         .expect("take the lock")
 }
 
-/// A plain connection for watching subscriptions (Redis only), made before the task baseline.
-async fn watcher(fx: &Fixture) -> Option<MultiplexedConnection> {
-    match &fx.server {
-        Some(server) => Some(server.client().await),
-        None => None,
-    }
+/// The probe for watching subscriptions and script calls (Redis only), made before the task
+/// baseline.
+async fn watcher(fx: &Fixture) -> Option<Probe> {
+    fx.is_redis().then(|| fx.probe().clone())
 }
 
 /// Until a waiter for `key` has reached its wait, once its first poll has returned. Memory: that
 /// first poll already queued and registered it (no I/O). Redis: it queues before it subscribes,
 /// so a subscriber on the lock's channel (named by its hash tag) says it is queued.
-async fn until_waiting(watcher: Option<MultiplexedConnection>, key: &str) {
-    let Some(mut conn) = watcher else {
+async fn until_waiting(watcher: Option<Probe>, key: &str) {
+    let Some(probe) = watcher else {
         return;
     };
     let pattern = format!("*{{{key}}}*");
     let deadline = Instant::now() + BACKGROUND_RELEASE_BOUND;
     loop {
-        let channels: Vec<String> = redis::cmd("PUBSUB")
-            .arg("CHANNELS")
-            .arg(&pattern)
-            .query_async(&mut conn)
-            .await
-            .expect("PUBSUB CHANNELS");
+        let channels = probe.channels(&pattern).await;
         if !channels.is_empty() {
             return;
         }
@@ -238,36 +230,30 @@ async fn until_waiting(watcher: Option<MultiplexedConnection>, key: &str) {
     }
 }
 
-/// Script calls the server has run (every lock step is one), whichever way they are sent.
-async fn script_calls(watcher: &mut MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(watcher)
+/// Script calls the primaries have run (every lock step is one), whichever way they are sent.
+async fn script_calls(probe: &Probe) -> u64 {
+    probe
+        .calls_of(&[
+            "eval",
+            "evalsha",
+            "eval_ro",
+            "evalsha_ro",
+            "fcall",
+            "fcall_ro",
+        ])
         .await
-        .expect("INFO commandstats");
-    [
-        "eval",
-        "evalsha",
-        "eval_ro",
-        "evalsha_ro",
-        "fcall",
-        "fcall_ro",
-    ]
-    .iter()
-    .map(|command| commandstat_calls(&info, command))
-    .sum()
 }
 
 /// Until a contended acquire, whose first poll has returned, waits for the release: Memory: that
 /// first poll got it there (no I/O). Redis: once the server has run both its attempts (the first,
 /// and the retry after it queued and subscribed) since `before` script calls; a release any
 /// earlier would let the retry take the lock without ever waiting.
-async fn until_retried(watcher: Option<MultiplexedConnection>, before: Option<u64>) {
-    let (Some(mut conn), Some(before)) = (watcher, before) else {
+async fn until_retried(watcher: Option<Probe>, before: Option<u64>) {
+    let (Some(probe), Some(before)) = (watcher, before) else {
         return;
     };
     let deadline = Instant::now() + BACKGROUND_RELEASE_BOUND;
-    while script_calls(&mut conn).await < before + ATTEMPTS_BEFORE_WAITING {
+    while script_calls(&probe).await < before + ATTEMPTS_BEFORE_WAITING {
         assert!(
             Instant::now() < deadline,
             "the contended acquire never sent its retry"
@@ -280,7 +266,7 @@ async fn until_retried(watcher: Option<MultiplexedConnection>, before: Option<u6
 /// the queue. It resolves to when it got the lock (it then releases it).
 async fn queued_waiter(
     fx: &Fixture,
-    watcher: Option<MultiplexedConnection>,
+    watcher: Option<Probe>,
     key: &str,
 ) -> JoinHandle<Result<Instant, LockError>> {
     let (first_poll_done, first_poll) = oneshot::channel();
@@ -305,7 +291,7 @@ async fn queued_waiter(
 
 /// One contended acquire, so that the locker's long-lived tasks (connections, the subscriber)
 /// run before the task baseline is taken.
-async fn warm_up(fx: &Fixture, watcher: Option<MultiplexedConnection>) {
+async fn warm_up(fx: &Fixture, watcher: Option<Probe>) {
     let guard = fx
         .locker
         .acquire("warm-up", LockOptions::new().lease(LEASE))
@@ -358,7 +344,7 @@ async fn a_dropped_contended_acquire_leaves_nothing_behind(fx: Fixture) {
                 let (first_poll_done, first_poll) = oneshot::channel();
                 let (dropped, dropped_rx) = oneshot::channel::<()>();
                 let before = match &watcher {
-                    Some(conn) => Some(script_calls(&mut conn.clone()).await),
+                    Some(probe) => Some(script_calls(probe).await),
                     None => None,
                 };
                 // Releases once the acquire waits (so it has passed the queue, the subscription
@@ -548,7 +534,7 @@ mod redis_backend_slow_link {
                     let proxy = Proxy::start(server.port());
                     proxy.delay(DELAY);
                     let locker = Locker::connect(&proxy.url()).await.expect("connect");
-                    let fx = Fixture { server: Some(server), locker };
+                    let fx = Fixture::on_server(server, locker).await;
                     super::$name(fx).await;
                     drop(proxy);
                 }
@@ -587,7 +573,7 @@ async fn a_woken_waiter_dropped_before_its_retry_is_answered_passes_the_wake_up_
     let fx = Fixture::redis().await;
     let key = "passed-on";
     let holders = fx.other_locker().await;
-    let mut watcher = fx.server().client().await;
+    let watcher = fx.probe().clone();
     let holder = holders
         .acquire(key, LockOptions::new().lease(LEASE))
         .await
@@ -595,7 +581,7 @@ async fn a_woken_waiter_dropped_before_its_retry_is_answered_passes_the_wake_up_
 
     // The first waiter, polled by hand: whenever woken, until the server has run both its
     // attempts (it then sleeps, first in line for the locker's wake-up).
-    let before = script_calls(&mut watcher).await;
+    let before = script_calls(&watcher).await;
     let woken = Arc::new(Woken(std::sync::atomic::AtomicBool::new(true)));
     let waker = Waker::from(Arc::clone(&woken));
     let mut cx = Context::from_waker(&waker);
@@ -608,7 +594,7 @@ async fn a_woken_waiter_dropped_before_its_retry_is_answered_passes_the_wake_up_
         ),
     );
     let deadline = Instant::now() + BACKGROUND_RELEASE_BOUND;
-    while script_calls(&mut watcher).await < before + ATTEMPTS_BEFORE_WAITING {
+    while script_calls(&watcher).await < before + ATTEMPTS_BEFORE_WAITING {
         if woken.0.swap(false, Ordering::SeqCst) {
             assert!(
                 first.as_mut().poll(&mut cx).is_pending(),
@@ -640,7 +626,7 @@ async fn a_woken_waiter_dropped_before_its_retry_is_answered_passes_the_wake_up_
             Ok::<_, LockError>(got)
         })
     };
-    until_retried(Some(fx.server().client().await), Some(before + 2)).await;
+    until_retried(Some(watcher.clone()), Some(before + 2)).await;
 
     // The release's message wakes the first waiter; it takes the wake-up, sends its retry, and
     // is dropped before the answer.

@@ -107,7 +107,7 @@ async fn force_release_wakes_waiters_and_the_holder_learns_it_lost_its_lease(fx:
         // The waiter subscribes before it retries and sleeps: once it is subscribed, only a
         // release message (or the lease's end, minutes away) wakes it. The memory backend has
         // no such sign, and there the waiter may also find the lock free at its first attempt.
-        wait_for_subscriber(&mut fx.server().client().await, "lock:{nightly}:released").await;
+        fx.probe().wait_until_subscribed("nightly").await;
     }
 
     let removed = locker

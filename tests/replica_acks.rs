@@ -47,9 +47,10 @@ struct Stopped(u32);
 
 impl Stopped {
     fn stop(server: &RedisServer) -> Self {
-        stop(server.pid());
-        wait_until_stopped(server.pid(), Duration::from_secs(5));
-        Stopped(server.pid())
+        let pid = server.pid().expect("the server is running");
+        stop(pid);
+        wait_until_stopped(pid, Duration::from_secs(5));
+        Stopped(pid)
     }
 }
 

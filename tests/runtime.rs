@@ -402,7 +402,7 @@ async fn a_guard_moved_to_another_task_takes_its_ownership_along(fx: Fixture) {
 }
 
 async fn pttl(fx: &Fixture, key: &str) -> i64 {
-    let mut conn = fx.server().client().await;
+    let mut conn = fx.client().await;
     redis::cmd("PTTL")
         .arg(format!("lock:{{{key}}}"))
         .query_async(&mut conn)
@@ -473,7 +473,7 @@ async fn extending_a_lock_that_is_gone_is_lease_lost(fx: Fixture) {
         .acquire("vanished", LockOptions::new().lease(Duration::from_secs(1)))
         .await
         .unwrap();
-    let mut conn = fx.server().client().await;
+    let mut conn = fx.client().await;
     let () = redis::cmd("DEL")
         .arg("lock:{vanished}")
         .query_async(&mut conn)
@@ -752,7 +752,7 @@ async fn hold_at_least_keeps_the_lock_after_an_early_release(fx: Fixture) {
         "an early release deleted the lock"
     );
     if fx.is_redis() {
-        let mut conn = fx.server().client().await;
+        let mut conn = fx.client().await;
         let pttl: i64 = redis::cmd("PTTL")
             .arg("lock:{job}")
             .query_async(&mut conn)
@@ -849,20 +849,17 @@ async fn unusual_keys_lock_distinct_resources(fx: Fixture) {
 }
 
 async fn evalsha_calls(fx: &Fixture) -> u64 {
-    match &fx.server {
-        Some(server) => server.command_calls("evalsha").await,
-        None => 0,
-    }
+    fx.command_calls("evalsha").await
 }
 
 /// Redis: until the lock's release channel has a subscriber. Memory: the waiter registers
 /// in-process without I/O, so a short pause lets it reach its wait.
 async fn wait_until_subscribed(fx: &Fixture, key: &str) {
-    let Some(server) = &fx.server else {
+    if !fx.is_redis() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         return;
-    };
-    server.wait_until_subscribed(key).await;
+    }
+    fx.probe().wait_until_subscribed(key).await;
 }
 
 conformance!(

@@ -2,9 +2,14 @@
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod checker;
+pub mod cluster;
 pub mod fixture;
 pub mod logs;
+pub mod node;
+pub mod probe;
+pub mod process;
 pub mod proxy;
 pub mod records;
 pub mod redis_server;
+pub mod sentinel;
 pub mod worker;

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::process::spawn_owned;
+
 /// How long a fresh server may take to answer PING; generous for a loaded 2-core CI machine.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at finding a port nobody else grabbed between our probe and the server's bind.
@@ -13,6 +15,8 @@ const PORT_ATTEMPTS: usize = 5;
 pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
+    /// Written to `redis.conf` in `dir` and given first (a sentinel needs a file it can rewrite).
+    config: Option<String>,
     extra_args: Vec<String>,
     child: Option<Child>,
 }
@@ -25,6 +29,12 @@ impl RedisServer {
 
     /// Starts a server with extra `--name value` arguments (e.g. `["--requirepass", "pw"]`).
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_configured(None, extra_args)
+    }
+
+    /// Starts a server from the config file text `config` (the file in its temp dir) plus extra
+    /// arguments (e.g. `["--sentinel"]`).
+    pub fn start_configured(config: Option<&str>, extra_args: &[&str]) -> Self {
         let binary = binary();
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -32,6 +42,7 @@ impl RedisServer {
             let mut server = RedisServer {
                 port,
                 dir: tempfile::tempdir().expect("temp dir for redis-server"),
+                config: config.map(str::to_owned),
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
                 child: None,
             };
@@ -46,6 +57,14 @@ impl RedisServer {
     fn spawn(&mut self, binary: &Path) -> Result<(), String> {
         let log = self.dir.path().join("redis.log");
         let mut cmd = Command::new(binary);
+        if let Some(config) = &self.config {
+            let file = self.dir.path().join("redis.conf");
+            // Only on the first start: a sentinel rewrites its file, and keeps what it learnt.
+            if !file.exists() {
+                std::fs::write(&file, config).map_err(|e| format!("writing {file:?}: {e}"))?;
+            }
+            cmd.arg(file);
+        }
         cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -58,9 +77,7 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("spawning {binary:?}: {e}"))?;
+        let child = spawn_owned(cmd).map_err(|e| format!("spawning {binary:?}: {e}"))?;
         self.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < START_TIMEOUT {
@@ -98,6 +115,11 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The process id while it runs (killed: None).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `redis://127.0.0.1:<port>/`
@@ -165,14 +187,6 @@ impl RedisServer {
         }
     }
 
-    /// The server's process id (for SIGSTOP/SIGCONT), while it runs.
-    pub fn pid(&self) -> u32 {
-        self.child
-            .as_ref()
-            .map(Child::id)
-            .expect("the server is running")
-    }
-
     /// SIGKILL: the server dies at once, losing everything (no persistence).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -207,7 +221,8 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

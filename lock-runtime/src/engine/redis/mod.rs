@@ -21,6 +21,7 @@ use super::{Attempt, Engine, Released, Replicas, Subscription};
 use crate::error::BackendError;
 use crate::lock_info::LockInfo;
 
+mod channels;
 mod checks;
 mod connection;
 mod inspect;
@@ -188,7 +189,17 @@ impl RedisEngine {
         self.commands.close();
     }
 
+    /// The lock's name: `P{K}`, so that a Cluster keeps it and its channel in the slot of `K`.
+    ///
+    /// On a Cluster, a key that starts with `}` would give `P{}...}`, whose hash tag is empty:
+    /// Redis would then hash the whole name, and the channel's (the name + `:released`) to
+    /// another slot than the lock's, where the release script cannot publish. Such keys are
+    /// named `P{~` + K + `~` instead (hash tag `~`): a name of that form never ends with `}`, so
+    /// it never meets another key's `P{K}`.
     fn lock_key(&self, key: &str) -> String {
+        if self.publish == "SPUBLISH" && key.starts_with('}') {
+            return format!("{}{{~{}~", self.prefix, key);
+        }
         format!("{}{{{}}}", self.prefix, key)
     }
 
