@@ -29,7 +29,8 @@ impl Cluster {
         // Started together: each waits until it answers PING.
         let nodes = futures_util::future::try_join_all(
             (0..PRIMARIES * (1 + REPLICAS_PER_PRIMARY)).map(|_| async {
-                // The cluster bus port too: its default, the port + 10000, may be taken or out of range.
+                // The cluster bus port too: its default, the port + 10000, may be taken or
+                // above 65535.
                 let bus_port = free_port()?.to_string();
                 RedisServer::start_with(&args(&[
                     "--cluster-enabled",
