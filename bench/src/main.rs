@@ -1,7 +1,8 @@
 //! The benchmark of distlock against rslock, async-redis-lock and distributed-lock, with a
 //! no-fencing floor for reference: starts a private `redis-server`, runs the seven scenarios of
-//! issue 6 and the cross-process handoff of issue 11 in rotating blocks, prints the table, and
-//! writes `BENCHMARKS.md`, `results.json` and `chart.svg`.
+//! issue 6 and the cross-process handoff of issue 11 in rotating blocks; then distlock alone on a
+//! private 3-primary Cluster and a Sentinel setup (issue 12); prints the tables, and writes
+//! `BENCHMARKS.md`, `results.json` and `chart.svg`.
 //!
 //! ```sh
 //! cargo run --release --manifest-path bench/Cargo.toml                 # the full run (a few minutes)
@@ -10,6 +11,8 @@
 
 mod backoff;
 mod chart;
+mod cluster;
+mod commandstats;
 mod floor;
 mod machine;
 mod monitor;
@@ -17,9 +20,11 @@ mod plan;
 mod probe;
 mod report;
 mod scenarios;
+mod sentinel;
 mod server;
 mod stats;
 mod subject;
+mod topology_report;
 
 use std::path::PathBuf;
 
@@ -84,9 +89,17 @@ async fn run(plan: Plan, out: PathBuf, command: String) -> Result<()> {
     let probe = Probe::connect(&url).await?;
     let measurements = scenarios::run(&plan, &probe, &url).await?;
     drop(server);
+    let topologies = scenarios::topology::run(&plan).await?;
 
-    let report = Report::build(&plan, &measurements, machine::describe(), command)?;
+    let report = Report::build(
+        &plan,
+        &measurements,
+        &topologies,
+        machine::describe(),
+        command,
+    )?;
     println!("{}", report.table());
+    println!("{}", report.topologies.table());
     let write = |name: &str, text: String| {
         let path = out.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))

@@ -10,8 +10,10 @@ use serde_json::json;
 use crate::chart::ChartData;
 use crate::plan::Plan;
 use crate::scenarios::Measurements;
+use crate::scenarios::topology::TopologyMeasured;
 use crate::stats::Summary;
 use crate::subject::{KINDS, Kind, LEASE, WAIT};
+use crate::topology_report::TopologyReport;
 
 /// Scenario 1: ours within 5 % of two PINGs (issue 6).
 const UNCONTENDED_TARGET: f64 = 1.05 * 2.0;
@@ -52,12 +54,14 @@ pub struct Report {
     pub machine: String,
     pub command: String,
     pub plan: Plan,
+    pub topologies: TopologyReport,
 }
 
 impl Report {
     pub fn build(
         plan: &Plan,
         m: &Measurements,
+        topologies: &[TopologyMeasured],
         machine: String,
         command: String,
     ) -> anyhow::Result<Report> {
@@ -409,6 +413,7 @@ impl Report {
                 })
             })
             .collect();
+        let topology = TopologyReport::build(plan, m, topologies);
         let json = json!({
             "command": command,
             "machine": machine,
@@ -421,6 +426,7 @@ impl Report {
             "handoff": handoff_json,
             "crossprocess_handoff": crossprocess_json,
             "rows": rows,
+            "cluster_and_sentinel": topology.json,
         });
         Ok(Report {
             rows,
@@ -430,6 +436,7 @@ impl Report {
             machine,
             command,
             plan: plan.clone(),
+            topologies: topology,
         })
     }
 
@@ -498,6 +505,7 @@ impl Report {
         let _ = writeln!(out, "![figures](chart.svg)\n");
         out.push_str(&self.table());
         out.push_str(WHAT_MISSES_WOULD_TAKE);
+        out.push_str(&self.topologies.markdown());
         let _ = writeln!(out, "\n## How each figure is measured\n");
         let _ = writeln!(
             out,
@@ -664,7 +672,7 @@ fn sample_counts(summaries: &[Option<Summary>]) -> String {
 }
 
 /// A number with about three significant digits.
-fn num(v: f64) -> String {
+pub fn num(v: f64) -> String {
     if v.is_nan() {
         "-".into()
     } else if v.abs() >= 100.0 {
@@ -676,7 +684,7 @@ fn num(v: f64) -> String {
     }
 }
 
-fn secs(d: Duration) -> String {
+pub fn secs(d: Duration) -> String {
     format!("{}", d.as_secs_f64())
 }
 

@@ -1,5 +1,6 @@
-//! The private `redis-server` every figure is measured against: a free loopback port, a temp dir,
-//! no persistence, killed when dropped.
+//! The private `redis-server` processes every figure is measured against: a free loopback port, a
+//! temp dir, no persistence, killed when dropped. The same for the nodes of a Cluster and for the
+//! primary, replica and sentinels of a Sentinel setup (see `cluster.rs`, `sentinel.rs`).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -23,6 +24,11 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `redis-server` on a free port of 127.0.0.1 and waits until it answers PING.
     pub async fn start() -> Result<RedisServer> {
+        RedisServer::start_with(&[]).await
+    }
+
+    /// The same with `extra` arguments after ours (a later one wins in redis-server).
+    pub async fn start_with(extra: &[String]) -> Result<RedisServer> {
         let dir = tempfile::tempdir().context("creating a temp dir for redis-server")?;
         let port = free_port()?;
         let child = Command::new(REDIS_SERVER)
@@ -33,6 +39,7 @@ impl RedisServer {
             .args(["--maxclients", MAX_CLIENTS])
             .arg("--dir")
             .arg(dir.path())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -48,8 +55,48 @@ impl RedisServer {
         Ok(server)
     }
 
+    /// A sentinel (`redis-server <conf> --sentinel`) watching the primary at `primary_port` as
+    /// `master`, with `quorum` sentinels needed to agree that it is down. Its config file lives in
+    /// its temp dir: a sentinel rewrites it as it learns the setup.
+    pub async fn start_sentinel(
+        primary_port: u16,
+        master: &str,
+        quorum: usize,
+    ) -> Result<RedisServer> {
+        let dir = tempfile::tempdir().context("creating a temp dir for a sentinel")?;
+        let port = free_port()?;
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {master} 127.0.0.1 \
+                 {primary_port} {quorum}\n",
+                dir.path().display()
+            ),
+        )
+        .context("writing a sentinel's config file")?;
+        let child = Command::new(REDIS_SERVER)
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting redis-server --sentinel")?;
+        let server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     async fn wait_ready(&self) -> Result<()> {
@@ -82,7 +129,16 @@ impl Drop for RedisServer {
 }
 
 /// A port the OS just handed out; the tiny race until redis-server binds it is acceptable here.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// The value of `name:` in an `INFO`-style reply.
+pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        line.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
 }

@@ -9,6 +9,7 @@ pub mod handoff;
 pub mod scale;
 pub mod starvation;
 pub mod throughput;
+pub mod topology;
 pub mod uncontended;
 pub mod waiting_load;
 

@@ -18,12 +18,20 @@ pub async fn sections(
     tasks: usize,
     duration: Duration,
 ) -> Result<u64> {
+    let keys = (0..tasks).map(|task| format!("s2:{tag}:{task}")).collect();
+    sections_on(subject, keys, duration).await
+}
+
+/// The same with a task per key of `keys` (on a Cluster: keys chosen for their shard).
+pub async fn sections_on(subject: &Subject, keys: Vec<String>, duration: Duration) -> Result<u64> {
+    let tasks = keys.len();
     let start = Arc::new(Barrier::new(tasks + 1));
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Arc::new(std::sync::OnceLock::<Instant>::new());
-    let handles: Vec<_> = (0..tasks)
-        .map(|task| {
+    let handles: Vec<_> = keys
+        .into_iter()
+        .map(|key| {
             let (subject, start, stop, done, deadline) = (
                 subject.clone(),
                 Arc::clone(&start),
@@ -31,7 +39,6 @@ pub async fn sections(
                 Arc::clone(&done),
                 Arc::clone(&deadline),
             );
-            let key = format!("s2:{tag}:{task}");
             tokio::spawn(async move {
                 start.wait().await;
                 while !stop.load(Ordering::Relaxed) {
