@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -119,14 +119,24 @@ impl Remake {
 
 /// The command connection of one locker.
 pub(crate) struct Commands {
-    current: Mutex<Option<Driven>>,
-    /// Set when the primary (Sentinel) or the slots (Cluster) may have moved: the next command
-    /// connects anew (under Sentinel, asking the sentinels first).
+    current: Arc<Mutex<Option<Driven>>>,
+    /// Sentinel: set when the primary may have moved; the next command asks the sentinels and
+    /// connects anew.
     stale: AtomicBool,
     /// One caller at a time makes a new connection; the others then use it.
     remaking: tokio::sync::Mutex<()>,
-    remake: Remake,
+    remake: Arc<Remake>,
+    /// Cluster: when the last new connection was started beside the current one (see
+    /// [`Commands::failed`]), and whether one is being made now.
+    rebuilt_at: Arc<Mutex<Option<Instant>>>,
+    rebuilding: Arc<AtomicBool>,
 }
+
+/// On a Cluster, the least time between two new connections made after failures: a shard that
+/// stays unreachable must not have the client reconnect to every node on each command.
+const CLUSTER_REBUILD_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long making a new cluster connection beside the current one may take.
+const CLUSTER_REBUILD_BOUND: Duration = Duration::from_secs(10);
 
 /// A connection and the sentinel task on the runtime that drives it.
 struct Driven {
@@ -158,10 +168,12 @@ impl Commands {
     /// Starts with `conn`, made (and checked) at connect.
     pub(crate) fn new(conn: Conn, remake: Remake) -> Self {
         Commands {
-            current: Mutex::new(Some(Driven::new(conn))),
+            current: Arc::new(Mutex::new(Some(Driven::new(conn)))),
             stale: AtomicBool::new(false),
             remaking: tokio::sync::Mutex::new(()),
-            remake,
+            remake: Arc::new(remake),
+            rebuilt_at: Arc::new(Mutex::new(None)),
+            rebuilding: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -193,17 +205,23 @@ impl Commands {
         Some(driven.conn.clone())
     }
 
-    /// A command failed with `error` (`None`: no answer in time). Under Sentinel, a lost
+    /// A command on the lock `lock` failed with `error` (`None`: no answer in time). Under Sentinel, a lost
     /// connection, a timeout, or a write refused as READONLY (the node was demoted) may mean a
     /// failover: the next command asks the sentinels where the primary is.
     ///
-    /// On a Cluster the same failures make the next command use a new cluster connection, which
-    /// learns the slots afresh. The client library's own recovery can keep a slot map read in
-    /// the middle of a failover (the shard's primary dead, its replica left out while it had
-    /// been unreachable) and then time out every command on that shard long after the cluster
-    /// has recovered: seen by the fault suite's cluster failover row, over 80 s and counting.
-    pub(crate) fn failed(&self, error: Option<&redis::RedisError>) {
-        if matches!(self.remake, Remake::Single(..)) {
+    /// On a Cluster the same failures start a new cluster connection beside the current one,
+    /// which learns the slots afresh, and replaces it if it reaches the failed lock's node (at
+    /// most one a second). The
+    /// client library's own recovery can keep a slot map read in the middle of a failover (the
+    /// shard's primary dead, its replica left out while it had been unreachable) and then time
+    /// out every command on that shard long after the cluster has recovered: seen by the fault
+    /// suite's cluster failover row, over 80 s and counting. Commands meanwhile go on through
+    /// the current connection, so the other shards never wait for a shard that is cut off; and a
+    /// new connection that cannot reach that shard either is not put in place: reconnecting to
+    /// a node that does not answer would hold up its commands to every shard for a connect
+    /// timeout (the fault suite's shard-cut row).
+    pub(crate) fn failed(&self, error: Option<&redis::RedisError>, lock: &str) {
+        if matches!(*self.remake, Remake::Single(..)) {
             return;
         }
         let moved = match error {
@@ -216,9 +234,69 @@ impl Commands {
                     || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
             }
         };
-        if moved && !self.stale.swap(true, Ordering::SeqCst) {
-            tracing::debug!("lock command connection failed; the next command connects anew");
+        if !moved {
+            return;
         }
+        if matches!(*self.remake, Remake::Cluster(..)) {
+            self.rebuild_beside(lock);
+        } else if !self.stale.swap(true, Ordering::SeqCst) {
+            tracing::debug!("lock command connection failed; asking the sentinels for the primary");
+        }
+    }
+
+    /// Cluster: makes a new connection in the background and puts it in place of the current
+    /// one if it reaches the node of `lock`, unless one is being made or was made less than a
+    /// second ago.
+    fn rebuild_beside(&self, lock_name: &str) {
+        {
+            let mut rebuilt_at = lock(&self.rebuilt_at);
+            if rebuilt_at.is_some_and(|at| at.elapsed() < CLUSTER_REBUILD_MIN_INTERVAL)
+                || self.rebuilding.swap(true, Ordering::SeqCst)
+            {
+                return;
+            }
+            *rebuilt_at = Some(Instant::now());
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.rebuilding.store(false, Ordering::SeqCst);
+            return;
+        };
+        let (remake, current, rebuilding, rebuilt_at) = (
+            Arc::clone(&self.remake),
+            Arc::clone(&self.current),
+            Arc::clone(&self.rebuilding),
+            Arc::clone(&self.rebuilt_at),
+        );
+        let name = lock_name.to_owned();
+        tracing::debug!("lock command connection failed; connecting to the cluster anew beside it");
+        runtime.spawn(async move {
+            let reaching = async {
+                let mut conn = remake.make().await?;
+                // Read-only, on the failed lock's slot: does the new map lead to a live node?
+                let _: i64 = redis::cmd("PTTL")
+                    .arg(&name)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(BackendError::redis)?;
+                Ok::<_, BackendError>(conn)
+            };
+            match tokio::time::timeout(CLUSTER_REBUILD_BOUND, reaching).await {
+                Ok(Ok(conn)) => {
+                    let mut current = lock(&current);
+                    // Not after close, which let the connection go for good.
+                    if current.is_some() {
+                        tracing::debug!(
+                            "lock command connection replaced by a new cluster connection"
+                        );
+                        *current = Some(Driven::new(conn));
+                    }
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "new cluster connection not used"),
+                Err(_) => tracing::debug!("new cluster connection took too long; not used"),
+            }
+            *lock(&rebuilt_at) = Some(Instant::now());
+            rebuilding.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Lets the connection go (the locker was closed): it closes once no command uses it. A

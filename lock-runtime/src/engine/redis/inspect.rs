@@ -20,7 +20,7 @@ impl RedisEngine {
     pub(crate) async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, BackendError> {
         let lock = self.lock_key(key);
         let cmd = eval(&INSPECT, &lock);
-        let (reply, _): (Reply, _) = self.call(&INSPECT, cmd, None, "inspecting").await?;
+        let (reply, _): (Reply, _) = self.call(&INSPECT, &lock, cmd, None, "inspecting").await?;
         read(lock, reply, "inspect")
     }
 
@@ -30,7 +30,7 @@ impl RedisEngine {
         let mut cmd = eval(&FORCE_RELEASE, &lock);
         cmd.arg(&channel).arg(self.publish);
         let (reply, _): (Reply, _) = self
-            .call(&FORCE_RELEASE, cmd, None, "force-releasing")
+            .call(&FORCE_RELEASE, &lock, cmd, None, "force-releasing")
             .await?;
         read(lock, reply, "force-release")
     }

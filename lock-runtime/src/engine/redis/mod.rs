@@ -203,24 +203,25 @@ impl RedisEngine {
         format!("{}{{{}}}", self.prefix, key)
     }
 
-    /// One script step: `cmd` (an EVALSHA of `script`) alone, or with `acks`, (the lock's name
-    /// and the bound) followed by WAIT in the same round trip (see `replicas`).
+    /// One script step on the lock `lock`: `cmd` (an EVALSHA of `script`) alone, or with `acks`
+    /// (the bound) followed by WAIT in the same round trip (see `replicas`).
     async fn call<T: redis::FromRedisValue>(
         &self,
         script: &Script,
+        lock: &str,
         cmd: redis::Cmd,
-        acks: Option<(&str, Duration)>,
+        acks: Option<Duration>,
         what: &'static str,
     ) -> Result<(T, Option<Acks>), BackendError> {
         // WAIT may use its whole bound before it answers.
-        let bound = self.response_timeout + acks.map_or(Duration::ZERO, |(_, within)| within);
+        let bound = self.response_timeout + acks.unwrap_or(Duration::ZERO);
         let run = async {
             let mut conn = self.commands.conn().await.map_err(Failure::Engine)?;
             match acks {
                 None => send(&mut conn, script, &Request::One(cmd))
                     .await
                     .map(|reply| (reply, None)),
-                Some((lock, within)) => self.send_acked(&mut conn, script, cmd, lock, within).await,
+                Some(within) => self.send_acked(&mut conn, script, cmd, lock, within).await,
             }
             .map_err(Failure::Redis)
         };
@@ -228,7 +229,7 @@ impl RedisEngine {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(Failure::Engine(e))) => Err(e),
             Ok(Err(Failure::Redis(e))) => {
-                self.commands.failed(Some(&e));
+                self.commands.failed(Some(&e), lock);
                 if e.is_timeout() {
                     Err(BackendError::timeout(bound, what))
                 } else {
@@ -236,7 +237,7 @@ impl RedisEngine {
                 }
             }
             Err(_) => {
-                self.commands.failed(None);
+                self.commands.failed(None, lock);
                 Err(BackendError::timeout(bound, what))
             }
         }
@@ -357,8 +358,9 @@ impl RedisEngine {
         if let Some(giver) = giver {
             cmd.arg(giver);
         }
-        let acks = replicas.map(|within| (lock.as_str(), within));
-        let (reply, acks) = self.call(&ACQUIRE, cmd, acks, "acquiring").await?;
+        let (reply, acks) = self
+            .call(&ACQUIRE, &lock, cmd, replicas, "acquiring")
+            .await?;
         Ok((lock, reply, acks))
     }
 
@@ -375,7 +377,7 @@ impl RedisEngine {
             .arg(keep.map_or(0, |k| millis(k).max(1)))
             .arg(&channel)
             .arg(self.publish);
-        let (reply, _): (i64, _) = self.call(&RELEASE, cmd, None, "releasing").await?;
+        let (reply, _): (i64, _) = self.call(&RELEASE, &lock, cmd, None, "releasing").await?;
         Ok(if reply == 1 {
             Released::Done
         } else {
@@ -393,8 +395,7 @@ impl RedisEngine {
         let lock = self.lock_key(key);
         let mut cmd = eval(&RENEW, &lock);
         cmd.arg(token).arg(millis(lease));
-        let acks = replicas.map(|within| (lock.as_str(), within));
-        let (reply, acks): (i64, _) = self.call(&RENEW, cmd, acks, "renewing").await?;
+        let (reply, acks): (i64, _) = self.call(&RENEW, &lock, cmd, replicas, "renewing").await?;
         if reply == 1
             && let Some(short) = acks.and_then(Acks::short)
         {

@@ -49,8 +49,19 @@ impl ReplicaCounts {
             .unwrap_or_else(|| by_slot.values().copied().max().unwrap_or(0))
     }
 
+    /// `connected` replicas answered for `slot`. Fewer than expected (a replica left, or the
+    /// primary failed over to one that has none yet) lowers every slot's count too: after a
+    /// failover every slot of that shard would otherwise wait out its bound once, one after the
+    /// other, as WAIT holds the connection. A slot whose shard has more replicas pays one more
+    /// round trip at its next step instead, and is raised again.
     pub(super) fn seen(&self, slot: u16, connected: u64) {
-        lock(&self.by_slot).insert(slot, connected);
+        let mut by_slot = lock(&self.by_slot);
+        let before = by_slot.insert(slot, connected);
+        if before.is_some_and(|before| connected < before) {
+            for count in by_slot.values_mut() {
+                *count = (*count).min(connected);
+            }
+        }
     }
 }
 
@@ -96,6 +107,19 @@ mod tests {
         counts.seen(2, 1);
         assert_eq!(counts.expected(2), 1);
         assert_eq!(counts.expected(3), 2);
+    }
+
+    #[test]
+    fn a_lost_replica_lowers_every_slot() {
+        let counts = ReplicaCounts::default();
+        counts.seen(1, 1);
+        counts.seen(2, 1);
+        counts.seen(1, 0);
+        assert_eq!(counts.expected(2), 0);
+        assert_eq!(counts.expected(3), 0);
+        // A raise stays with its slot.
+        counts.seen(2, 2);
+        assert_eq!(counts.expected(1), 0);
     }
 
     #[test]
