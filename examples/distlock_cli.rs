@@ -7,12 +7,15 @@
 //! distlock_cli [--prefix P] force-release KEY   # delete it whoever holds it (logged at WARN)
 //! ```
 //!
-//! `REDIS_URL` names the server; the key prefix is `--prefix`, else `DISTLOCK_KEY_PREFIX`, else
-//! `lock:`. `list` walks the prefix with SCAN: it is for operators, and no lock path ever does.
+//! `REDIS_URL` names the server, a Cluster (`redis+cluster://h1:p1,h2:p2`) or the primary behind
+//! Sentinel (`redis+sentinel://s1:p1,s2:p2/<master name>`); the key prefix is `--prefix`, else
+//! `DISTLOCK_KEY_PREFIX`, else `lock:`. `list` walks the prefix with SCAN (on a Cluster, on every
+//! primary): it is for operators, and no lock path ever does.
 //! Exit status: 0 done, 1 the lock is free (`show`, `force-release`), 2 an error.
 //!
 //! Run it with `cargo run --example distlock_cli -- list`.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,7 +24,10 @@ use clap::{Parser, Subcommand};
 use distlock::{
     DEFAULT_KEY_PREFIX, KEY_PREFIX_VAR, LockInfo, Locker, LockerBuilder, REDIS_URL_VAR,
 };
-use redis::AsyncCommands;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncCommands, IntoConnectionInfo};
 
 #[derive(Parser)]
 #[command(about = "Inspect and force-release distlock locks on a Redis server (REDIS_URL)")]
@@ -119,23 +125,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
 /// left out). Tab-separated, with a header, sorted by key.
 async fn list(locker: &Locker, prefix: &str, pattern: &str) -> Result<ExitCode, Failure> {
     let url = std::env::var(REDIS_URL_VAR)?;
-    let mut conn = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
     let glob = format!("{}{{{pattern}}}", escape_glob(prefix));
-    let mut names: Vec<String> = Vec::new();
-    {
-        let mut iter = conn
-            .scan_options::<String>(
-                redis::ScanOptions::default()
-                    .with_pattern(glob)
-                    .with_count(SCAN_BATCH),
-            )
-            .await?;
-        while let Some(name) = iter.next_item().await {
-            names.push(name?);
-        }
-    }
+    let mut names = scan(&url, &glob).await?;
     // SCAN may return a name more than once.
     names.sort();
     names.dedup();
@@ -157,6 +148,97 @@ async fn list(locker: &Locker, prefix: &str, pattern: &str) -> Result<ExitCode, 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The names matching `glob` on the server `url` names: on each primary of a Cluster, on the
+/// primary the sentinels name, or on the one server.
+async fn scan(url: &str, glob: &str) -> Result<Vec<String>, Failure> {
+    let (scheme, rest) = url.split_once("://").ok_or("REDIS_URL is not a URL")?;
+    // `user:password@` belongs to the data nodes, never to the sentinels.
+    let (auth, rest) = match rest.rsplit_once('@') {
+        Some((auth, rest)) => (format!("{auth}@"), rest),
+        None => (String::new(), rest),
+    };
+    let rest = rest.split('?').next().unwrap_or_default();
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let hosts = hosts.split(',');
+    let mut conn = match scheme {
+        "redis+cluster" => {
+            let nodes = hosts.map(|host| format!("redis://{auth}{host}/"));
+            let client = redis::cluster::ClusterClient::new(nodes.collect::<Vec<_>>())?;
+            return scan_cluster(client.get_async_connection().await?, glob).await;
+        }
+        "redis+sentinel" => {
+            let (master, db) = path.split_once('/').unwrap_or((path, "0"));
+            // A String: `SentinelClient::build` takes one without the `tls` feature, any
+            // `AsRef<str>` with it.
+            let master = master.to_owned();
+            let primary = format!("redis://{auth}localhost/{db}").into_connection_info()?;
+            let primary = SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(primary.redis_settings().clone());
+            let sentinels = hosts.map(|host| format!("redis://{host}/")).collect();
+            let mut client = SentinelClient::build(
+                sentinels,
+                master,
+                Some(primary),
+                SentinelServerType::Master,
+            )?;
+            client.get_async_connection().await?
+        }
+        "rediss+cluster" | "rediss+sentinel" => {
+            return Err("list: this tool walks Cluster and Sentinel URLs without TLS only".into());
+        }
+        _ => {
+            redis::Client::open(url)?
+                .get_multiplexed_async_connection()
+                .await?
+        }
+    };
+    let mut names = Vec::new();
+    let options = redis::ScanOptions::default()
+        .with_pattern(glob)
+        .with_count(SCAN_BATCH);
+    let mut iter = conn.scan_options::<String>(options).await?;
+    while let Some(name) = iter.next_item().await {
+        names.push(name?);
+    }
+    Ok(names)
+}
+
+/// SCAN on every primary of the Cluster: the first call goes to all of them, and each one's
+/// cursor is followed on that node (a cursor means nothing to another).
+async fn scan_cluster(mut conn: ClusterConnection, glob: &str) -> Result<Vec<String>, Failure> {
+    let scan_from = |cursor: u64| {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(glob)
+            .arg("COUNT")
+            .arg(SCAN_BATCH);
+        scan
+    };
+    let all_primaries = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    // No way to merge cursors: the reply is each primary's "host:port" with its own SCAN reply.
+    let firsts: HashMap<String, (u64, Vec<String>)> =
+        redis::from_redis_value(conn.route_command(scan_from(0), all_primaries).await?)?;
+    let mut names = Vec::new();
+    for (address, (mut cursor, batch)) in firsts {
+        names.extend(batch);
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or("a Cluster node's address without a port")?;
+        let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.to_owned(),
+            port: port.parse()?,
+        });
+        while cursor != 0 {
+            let reply = conn.route_command(scan_from(cursor), node.clone()).await?;
+            let batch: Vec<String>;
+            (cursor, batch) = redis::from_redis_value(reply)?;
+            names.extend(batch);
+        }
+    }
+    Ok(names)
 }
 
 /// `K` of a lock's name `P{K}`.

@@ -18,8 +18,11 @@
 //! scheduler report [--check]     # what happened, read from Redis; --check: exit 1 on loss / double run
 //! scheduler reset                # delete the demo's keys
 //! ```
-//! `REDIS_URL` names the server. The original service ran `--cron "0 0 11,23 * * *"` (11:00 and
-//! 23:00 every day); the default here fires every 2 seconds so a demo sees several ticks.
+//! `REDIS_URL` names the server: `redis://host:port`, a Cluster
+//! (`redis+cluster://127.0.0.1:7000,127.0.0.1:7001`) or the primary behind Sentinel
+//! (`redis+sentinel://127.0.0.1:26379/mymaster`). The original service ran
+//! `--cron "0 0 11,23 * * *"` (11:00 and 23:00 every day); the default here fires every 2 seconds
+//! so a demo sees several ticks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -29,17 +32,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use distlock::{Locker, distributed_lock, install};
-use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// The demo's data in Redis (fixed names: the demo never scans the keyspace).
-const RANKING: &str = "demo:ranking"; // sorted set: keyword -> searches recorded
-const SEARCHED: &str = "demo:searched"; // hash: replica -> keywords searched (buffered)
-const FLUSHED: &str = "demo:flushed"; // hash: replica -> keywords flushed
-const FLUSHES: &str = "demo:flushes"; // list: "replica requested_us started_us ended_us count"
-const JOB_LOG: &str = "demo:job-log"; // list: "tick replica"
+/// The demo's data in Redis (fixed names: the demo never scans the keyspace). One hash tag,
+/// `{demo}`: on a Cluster all of them live in one slot, so the pipeline that writes two of them
+/// goes to one node.
+const RANKING: &str = "{demo}:ranking"; // sorted set: keyword -> searches recorded
+const SEARCHED: &str = "{demo}:searched"; // hash: replica -> keywords searched (buffered)
+const FLUSHED: &str = "{demo}:flushed"; // hash: replica -> keywords flushed
+const FLUSHES: &str = "{demo}:flushes"; // list: "replica requested_us started_us ended_us count"
+const JOB_LOG: &str = "{demo}:job-log"; // list: "tick replica"
 const DEMO_KEYS: [&str; 5] = [RANKING, SEARCHED, FLUSHED, FLUSHES, JOB_LOG];
 
 /// What users search for; a replica picks from these in turn.
@@ -112,7 +119,7 @@ enum Mode {
 
 struct Replica {
     id: u32,
-    data: MultiplexedConnection,
+    data: Data,
     buffer: Mutex<HashMap<&'static str, u64>>,
     searched: AtomicU64,
     /// Most of a tick (capped at the job's lease): how long the job's lock outlives a fast run.
@@ -257,10 +264,71 @@ async fn main() {
     }
 }
 
-async fn connect(url: &str) -> Result<MultiplexedConnection, Error> {
-    Ok(redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?)
+/// The connection the demo keeps its data through (the locks have the locker's own).
+#[derive(Clone)]
+enum Data {
+    /// One server: `redis://`, `redis+unix://`, or the primary the sentinels named.
+    Server(MultiplexedConnection),
+    /// Sends each command to the node serving its key's slot.
+    Cluster(ClusterConnection),
+}
+
+/// The demo's connection for `url`. Of `redis+cluster://` and `redis+sentinel://` URLs it takes
+/// the hosts and the master's name only (no password, database 0), enough for a demo; the locker
+/// takes every form.
+async fn connect(url: &str) -> Result<Data, Error> {
+    let hosts = |list: &str| -> Vec<String> {
+        list.split(',')
+            .map(|host| format!("redis://{host}/"))
+            .collect()
+    };
+    if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        let nodes = hosts(rest.trim_end_matches('/'));
+        let client = redis::cluster::ClusterClient::new(nodes)?;
+        return Ok(Data::Cluster(client.get_async_connection().await?));
+    }
+    if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        let (sentinels, master) = rest
+            .split_once('/')
+            .ok_or("a redis+sentinel:// URL ends in /<master name>")?;
+        let master = master.split('/').next().unwrap_or_default().to_owned();
+        let mut client =
+            SentinelClient::build(hosts(sentinels), master, None, SentinelServerType::Master)?;
+        return Ok(Data::Server(client.get_async_connection().await?));
+    }
+    let client = redis::Client::open(url)?;
+    Ok(Data::Server(
+        client.get_multiplexed_async_connection().await?,
+    ))
+}
+
+/// What lets `AsyncCommands` and pipelines run on `Data`: each call goes to the connection inside.
+impl ConnectionLike for Data {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Data::Server(conn) => conn.req_packed_command(cmd),
+            Data::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Data::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Data::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Data::Server(conn) => conn.get_db(),
+            Data::Cluster(conn) => conn.get_db(),
+        }
+    }
 }
 
 async fn run_replica(cli: Cli) -> Result<bool, Error> {

@@ -1,5 +1,6 @@
 //! The operator's tool (`examples/distlock_cli.rs`) as an operator runs it: a process given
-//! `REDIS_URL`, against a private redis-server where another locker holds locks.
+//! `REDIS_URL`, against a private redis-server (and a private Cluster and Sentinel setup) where
+//! another locker holds locks.
 
 mod support;
 
@@ -7,7 +8,10 @@ use std::process::Output;
 use std::time::Duration;
 
 use distlock::{LockGuard, LockOptions, Locker};
+use redis::AsyncCommands;
+use support::cluster::RedisCluster;
 use support::redis_server::RedisServer;
+use support::sentinel::RedisSentinel;
 use support::worker::example;
 
 /// How long something the test waits for may take: generous for a loaded 2-core CI machine.
@@ -50,8 +54,8 @@ fn row<'a>(listing: &'a str, key: &str) -> Option<Vec<&'a str>> {
         .find(|fields| fields[0] == key)
 }
 
-async fn holder(server: &RedisServer, prefix: &str) -> Locker {
-    Locker::builder(server.url())
+async fn holder(url: &str, prefix: &str) -> Locker {
+    Locker::builder(url)
         .key_prefix(prefix)
         .holder_label(HOLDER)
         .watchdog_lease(LONG_LEASE)
@@ -72,8 +76,8 @@ async fn take(locker: &Locker, key: &str, options: LockOptions) -> LockGuard {
 async fn lists_shows_and_force_releases_the_locks_under_a_prefix() {
     let server = RedisServer::start();
     let url = server.url();
-    let locker = holder(&server, "lock:").await;
-    let elsewhere = holder(&server, "app:").await;
+    let locker = holder(&url, "lock:").await;
+    let elsewhere = holder(&url, "app:").await;
     let watched = take(&locker, "orders:1", LockOptions::new()).await;
     let fixed = take(&locker, "orders:2", LockOptions::new().lease(LONG_LEASE)).await;
     let other_prefix = take(&elsewhere, "orders:9", LockOptions::new().lease(LONG_LEASE)).await;
@@ -152,6 +156,86 @@ async fn lists_shows_and_force_releases_the_locks_under_a_prefix() {
         .await
         .expect("untouched by the force release");
     other_prefix.release().await.expect("release");
+}
+
+/// Other keys on every primary: more than the tool's SCAN batch (1000), so each primary's cursor
+/// is followed past its first reply.
+const FILLER_PER_LOCK: usize = 1500;
+
+/// On a Cluster the locks' names are spread over the primaries, and a SCAN cursor belongs to
+/// one node: `list` walks every primary; show and force-release reach the lock's own shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_it_lists_the_locks_of_every_primary() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster");
+    let url = cluster.url();
+    let locker = holder(&url, "lock:").await;
+    let primaries = cluster.primaries().len();
+    let mut shards = std::collections::HashSet::new();
+    let mut guards = Vec::new();
+    let mut data = cluster.client().await;
+    for i in 0.. {
+        let key = format!("orders:{i}");
+        // The lock `lock:{orders:i}` and the filler `{orders:i}:n` share a slot.
+        let filler: Vec<(String, u8)> = (0..FILLER_PER_LOCK)
+            .map(|n| (format!("{{{key}}}:{n}"), 0))
+            .collect();
+        let () = data.mset(&filler).await.expect("MSET");
+        shards.insert(cluster.primary_for_key(&format!("lock:{{{key}}}")).port());
+        guards.push(take(&locker, &key, LockOptions::new().lease(LONG_LEASE)).await);
+        if shards.len() == primaries {
+            break;
+        }
+    }
+
+    let listed = cli(Some(&url), &["list"]).await;
+    let listing = stdout(&listed);
+    assert!(listed.status.success(), "{listed:?}");
+    for guard in &guards {
+        let fields = row(&listing, guard.key()).expect("listed");
+        assert_eq!(fields[1], HOLDER, "{listing}");
+        assert_eq!(fields[3], guard.fencing_token().to_string(), "{listing}");
+    }
+    assert_eq!(
+        listing.lines().count(),
+        1 + guards.len(),
+        "header and the locks of {primaries} primaries: {listing}"
+    );
+
+    let last = guards.pop().expect("a lock");
+    let shown = cli(Some(&url), &["show", last.key()]).await;
+    assert!(shown.status.success(), "{shown:?}");
+    let fence_line = format!("fencing token: {}\n", last.fencing_token());
+    assert!(stdout(&shown).contains(&fence_line), "{shown:?}");
+    let forced = cli(Some(&url), &["force-release", last.key()]).await;
+    assert!(forced.status.success(), "{forced:?}");
+    let after = cli(Some(&url), &["show", last.key()]).await;
+    assert_eq!(after.status.code(), Some(1), "{after:?}");
+    for guard in guards {
+        guard
+            .release()
+            .await
+            .expect("untouched by the force release");
+    }
+}
+
+/// Behind Sentinel, `list` walks the primary the sentinels name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_it_lists_the_locks_of_the_primary() {
+    let sentinel = tokio::task::spawn_blocking(RedisSentinel::start)
+        .await
+        .expect("sentinel setup");
+    let url = sentinel.url();
+    let locker = holder(&url, "lock:").await;
+    let held = take(&locker, "orders:1", LockOptions::new().lease(LONG_LEASE)).await;
+
+    let listed = cli(Some(&url), &["list"]).await;
+    let listing = stdout(&listed);
+    assert!(listed.status.success(), "{listed:?}");
+    let fields = row(&listing, "orders:1").expect("listed");
+    assert_eq!(fields[3], held.fencing_token().to_string(), "{listing}");
+    held.release().await.expect("release");
 }
 
 #[tokio::test]

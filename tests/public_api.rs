@@ -74,6 +74,52 @@ async fn an_unreachable_server_is_a_connection_error() {
     assert!(err.source().is_some(), "{err:?}");
 }
 
+/// Cluster and Sentinel URLs that cannot work say why at `build`, without echoing the password;
+/// nodes nobody listens on are a connection error within the connect timeout, not a hang.
+#[tokio::test]
+async fn bad_or_unreachable_cluster_and_sentinel_urls_are_clear_errors() {
+    for (url, says) in [
+        ("redis+cluster://:hunter2@a:1,,b:2/", "empty"),
+        ("redis+cluster://:hunter2@a:1/5", "database 0"),
+        ("redis+sentinel://:hunter2@a:26379", "<master name>"),
+        ("redis+sentinel://a:26379/m?color=blue", "unknown parameter"),
+    ] {
+        let err = Locker::connect(url).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, LockError::InvalidOptions { .. }),
+            "{url}: {err:?}"
+        );
+        assert!(text.contains(says), "{url}: {text}");
+        assert!(text.contains("redis+cluster://"), "names the forms: {text}");
+        assert!(!text.contains("hunter2"), "the password leaked: {text}");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for url in [
+        format!("redis+cluster://127.0.0.1:{port}/"),
+        format!("redis+sentinel://127.0.0.1:{port}/mymaster"),
+    ] {
+        let started = std::time::Instant::now();
+        let err = Locker::builder(url.as_str())
+            .connect_timeout(SHORT_TIMEOUT)
+            .response_timeout(SHORT_TIMEOUT)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LockError::Backend { .. }), "{url}: {err:?}");
+        // Connect and response timeout bound it; a generous margin for a loaded machine.
+        assert!(
+            started.elapsed() < SHORT_TIMEOUT * 2 + Duration::from_secs(5),
+            "{url}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_server_that_never_answers_is_a_timeout() {
     // Accepts connections (the kernel's backlog does) but never reads or answers.
@@ -105,6 +151,14 @@ fn a_builders_debug_shows_its_settings_but_never_the_password() {
         ),
         ("redis://cache:6379/", "redis://cache:6379/"),
         ("redis://:hunter2@cache:notaport", "<not a valid URL>"),
+        (
+            "redis+cluster://billing:hunter2@a:7000,b:7000/",
+            "redis+cluster://billing:***@a:7000,b:7000/",
+        ),
+        (
+            "rediss+sentinel://:hunter2@s1,s2:26380/mymaster/2?sentinel_password=hunter2",
+            "rediss+sentinel://:***@s1,s2:26380/mymaster/2?sentinel_password=***",
+        ),
     ] {
         let builder = Locker::builder(url).key_prefix("billing:lock:");
         let debug = format!("{builder:?}");

@@ -1,5 +1,6 @@
 //! The seed scenarios across real processes: replicas of `examples/scheduler.rs` against a private
-//! redis-server, each with its control run without the lock.
+//! redis-server (and the demo against a private Cluster and Sentinel setup), each with its control
+//! run without the lock.
 
 mod support;
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use distlock::{LockError, Locker, distributed_lock};
 use redis::AsyncCommands;
+use support::cluster::RedisCluster;
 use support::redis_server::RedisServer;
+use support::sentinel::RedisSentinel;
 use tokio::sync::Barrier;
 
 struct Run {
@@ -18,20 +21,13 @@ struct Run {
     report: String,
 }
 
-/// Runs one replica process per skew against `server`, waits for all, and reads the report.
-fn run_replicas(
-    server: &RedisServer,
-    cron: &str,
-    duration: &str,
-    skews_ms: &[u64],
-    locked: bool,
-) -> Run {
+/// Runs one replica process per skew against `url`, waits for all, and reads the report.
+fn run_replicas(url: &str, cron: &str, duration: &str, skews_ms: &[u64], locked: bool) -> Run {
     let bin = support::worker::example("scheduler");
-    let url = server.url();
     let mut children = Vec::new();
     for (i, skew) in skews_ms.iter().enumerate() {
         let mut cmd = Command::new(&bin);
-        cmd.env("REDIS_URL", &url)
+        cmd.env("REDIS_URL", url)
             .args([
                 "--replica",
                 &(i + 1).to_string(),
@@ -52,7 +48,7 @@ fn run_replicas(
         assert!(status.success(), "a replica failed: {status}");
     }
     let out = Command::new(&bin)
-        .env("REDIS_URL", &url)
+        .env("REDIS_URL", url)
         .arg("report")
         .output()
         .expect("report");
@@ -84,10 +80,16 @@ fn run_replicas(
 fn ranking_flushes_lose_nothing_under_the_lock_and_waiters_are_woken_at_release() {
     let (locked_server, control_server) = (RedisServer::start(), RedisServer::start());
     let control = std::thread::spawn(move || {
-        let run = run_replicas(&control_server, "* * * * * *", "4s", &[0, 0, 0], false);
+        let run = run_replicas(
+            &control_server.url(),
+            "* * * * * *",
+            "4s",
+            &[0, 0, 0],
+            false,
+        );
         run.summary
     });
-    let locked = run_replicas(&locked_server, "* * * * * *", "4s", &[0, 0, 0], true);
+    let locked = run_replicas(&locked_server.url(), "* * * * * *", "4s", &[0, 0, 0], true);
     let control = control.join().unwrap();
 
     let s = &locked.summary;
@@ -130,9 +132,9 @@ fn the_scheduled_job_runs_once_per_tick_across_skewed_replicas() {
     let (locked_server, control_server) = (RedisServer::start(), RedisServer::start());
     let skews = [0, 500, 1000];
     let control = std::thread::spawn(move || {
-        run_replicas(&control_server, "*/2 * * * * *", "11s", &skews, false).summary
+        run_replicas(&control_server.url(), "*/2 * * * * *", "11s", &skews, false).summary
     });
-    let locked = run_replicas(&locked_server, "*/2 * * * * *", "11s", &skews, true);
+    let locked = run_replicas(&locked_server.url(), "*/2 * * * * *", "11s", &skews, true);
     let control = control.join().unwrap();
     assert!(
         locked.summary["ticks"] >= 5.0,
@@ -148,6 +150,58 @@ fn the_scheduled_job_runs_once_per_tick_across_skewed_replicas() {
         control["double_runs"] > 0.0,
         "the control never double-ran: {control:?}"
     );
+}
+
+/// The demo's replicas against `url`: first without the lock (the control: concurrent flushes
+/// lose keywords, every replica runs each tick's job), then, after `scheduler reset`, with it
+/// (nothing lost, one run per tick). Ticks every second for 3 s, all replicas at the same instant.
+fn demo_loses_nothing_under_the_lock_on(url: &str) {
+    let control = run_replicas(url, "* * * * * *", "3s", &[0, 0, 0], false).summary;
+    let reset = Command::new(support::worker::example("scheduler"))
+        .env("REDIS_URL", url)
+        .arg("reset")
+        .status()
+        .expect("reset");
+    assert!(reset.success(), "scheduler reset: {reset}");
+    let locked = run_replicas(url, "* * * * * *", "3s", &[0, 0, 0], true);
+
+    let s = &locked.summary;
+    assert!(
+        s["searched"] >= 3.0 * 200.0 && s["ticks"] >= 2.0,
+        "too little happened for a test:\n{}",
+        locked.report
+    );
+    assert_eq!(
+        s["recorded"], s["searched"],
+        "lost keywords:\n{}",
+        locked.report
+    );
+    assert_eq!(s["overlaps"], 0.0, "flushes overlapped:\n{}", locked.report);
+    assert_eq!(
+        s["double_runs"], 0.0,
+        "a tick ran twice:\n{}",
+        locked.report
+    );
+    assert!(
+        control["lost"] > 0.0 && control["double_runs"] > 0.0,
+        "the control lost nothing or never double-ran, so there was no contention: {control:?}"
+    );
+}
+
+/// `REDIS_URL=redis+cluster://... scripts/demo`: the locks and the demo's data on different
+/// shards (the data under one hash tag, its pipeline to one node).
+#[test]
+fn the_demo_runs_against_a_cluster() {
+    let cluster = RedisCluster::start();
+    demo_loses_nothing_under_the_lock_on(&cluster.url());
+}
+
+/// `REDIS_URL=redis+sentinel://.../mymaster scripts/demo`: locks and data on the primary the
+/// sentinels name.
+#[test]
+fn the_demo_runs_against_a_primary_found_through_sentinel() {
+    let sentinel = RedisSentinel::start();
+    demo_loses_nothing_under_the_lock_on(&sentinel.url());
 }
 
 struct Books {

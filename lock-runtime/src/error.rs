@@ -124,6 +124,12 @@ enum Kind {
     /// The message, and the server's own error when there is one (its code, its source).
     Refused(String, Option<Box<BackendError>>),
     UnexpectedReply(String),
+    NotReplicated {
+        what: &'static str,
+        acknowledged: u64,
+        connected: u64,
+        within: Duration,
+    },
 }
 
 impl BackendError {
@@ -169,6 +175,35 @@ impl BackendError {
         BackendError {
             kind: Kind::UnexpectedReply(what),
         }
+    }
+
+    /// A write (`what`: "the lock", "the renewal") reached fewer replicas than were connected,
+    /// within the replica acknowledgement bound.
+    pub(crate) fn not_replicated(
+        what: &'static str,
+        acknowledged: u64,
+        connected: u64,
+        within: Duration,
+    ) -> Self {
+        BackendError {
+            kind: Kind::NotReplicated {
+                what,
+                acknowledged,
+                connected,
+                within,
+            },
+        }
+    }
+
+    /// True when replica acknowledgement was asked for ([`LockOptions::replica_acks`],
+    /// [`LockerBuilder::replica_acks`]) and fewer of the connected replicas than all acknowledged
+    /// the write in time. An acquisition that ends so was given up again (the lock is not held);
+    /// a renewal that ends so is retried like any failed renewal.
+    ///
+    /// [`LockOptions::replica_acks`]: crate::LockOptions::replica_acks
+    /// [`LockerBuilder::replica_acks`]: crate::LockerBuilder::replica_acks
+    pub fn is_not_replicated(&self) -> bool {
+        matches!(self.kind, Kind::NotReplicated { .. })
     }
 
     /// True when no answer came within the locker's connect or response timeout: the server is
@@ -237,6 +272,18 @@ impl fmt::Display for BackendError {
             ),
             Kind::Refused(message, _) => f.write_str(message),
             Kind::UnexpectedReply(what) => write!(f, "unexpected reply from the server: {what}"),
+            Kind::NotReplicated {
+                what,
+                acknowledged,
+                connected,
+                within,
+            } => write!(
+                f,
+                "only {acknowledged} of the {connected} replicas connected to the primary \
+                 acknowledged {what} within {within:?}; a failover now could lose it, so it does \
+                 not count (an acquisition was given up again): check the replicas' links and \
+                 lag, or allow longer with `replica_acks`"
+            ),
         }
     }
 }
@@ -250,7 +297,8 @@ impl std::error::Error for BackendError {
             Kind::Timeout { .. }
             | Kind::NotALock(_)
             | Kind::Refused(_, None)
-            | Kind::UnexpectedReply(_) => None,
+            | Kind::UnexpectedReply(_)
+            | Kind::NotReplicated { .. } => None,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! renewal and fencing tokens. Most users reach it through the `distlock` facade and its
 //! `#[distributed_lock]` attribute; everything here can also be called by hand.
 //!
-//! # Data model (single Redis server)
+//! # Data model (one server, a Cluster, or Sentinel: the same)
 //!
 //! For a lock `K` with the key prefix `P` (default `lock:`):
 //!
@@ -31,6 +31,15 @@
 //! - **force release** (operators, [`Locker::force_release`]): whatever the token, `DEL P{K}` and
 //!   `PUBLISH P{K}:released`; the holder's next renewal or release finds the lock gone.
 //!
+//! On a Redis Cluster every script runs on the node serving the slot of `{K}` (the client follows
+//! MOVED, ASK and topology changes), and releases wake waiters with `SPUBLISH` on the channel,
+//! which is in the same slot: sharded pub/sub (Redis >= 7.0), heard on that shard only. Under
+//! Sentinel the locker talks to the primary the sentinels name, and asks them again after a lost
+//! connection, a timeout or a `READONLY` refusal. With replica acknowledgement
+//! ([`LockerBuilder::replica_acks`], [`LockOptions::replica_acks`]) an acquisition, hand-over or
+//! renewal is followed by `WAIT` for every connected replica in the same round trip, and counts
+//! only once they all have it.
+//!
 //! Fencing numbers follow the server clock, so they need no counter and keep growing across
 //! release, expiry, a restart with or without persistence, a restore from a snapshot, `FLUSHALL`,
 //! eviction and the promotion of a replica that lagged, under one assumption: **no Redis server's
@@ -55,8 +64,9 @@
 //! ([`LockGuard::lost`], [`LockGuard::release`] returning [`LockError::LeaseLost`]). It counts its
 //! lease from when the request was sent, less a drift allowance of 1 % + 2 ms (Redlock's), so its
 //! own view of the lease ends before the server's: it is told before another client can get in.
-//! A single Redis server that loses its data (restart without persistence, failover to a replica
-//! that missed the write, eviction) can let a second holder in while the first still works: the
+//! A Redis server that loses its data (restart without persistence, failover to a replica that
+//! missed the write (unless the lock was acknowledged by the replicas), eviction) can let a
+//! second holder in while the first still works: the
 //! first is told, but only the fencing token, checked by the store you write to, makes its late
 //! writes harmless. The second holder's number is greater than the first's (clock assumption
 //! above), so a store that refuses any number not greater than the last one it accepted refuses

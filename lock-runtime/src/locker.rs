@@ -60,9 +60,15 @@ pub struct Locker {
 }
 
 impl Locker {
-    /// Connects to one Redis server with the default settings. The URL takes the forms
-    /// `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS), and
-    /// `redis+unix:///path/to/socket`.
+    /// Connects with the default settings; the URL says to what:
+    /// - one server: `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS),
+    ///   `redis+unix:///path/to/socket`;
+    /// - a Redis Cluster: `redis+cluster://[user:password@]host:port,host:port` (some of its
+    ///   nodes; `rediss+cluster://` for TLS);
+    /// - a primary under Sentinel:
+    ///   `redis+sentinel://[user:password@]host:26379,host:26379/<master name>[/db]` (the
+    ///   user and password are the primary's; `?sentinel_username=..&sentinel_password=..` the
+    ///   sentinels'; `rediss+sentinel://` for TLS).
     pub async fn connect(url: &str) -> Result<Locker, LockError> {
         Locker::builder(url).build().await
     }
@@ -75,6 +81,7 @@ impl Locker {
             DEFAULT_WATCHDOG_LEASE,
             DEFAULT_WATCHDOG_LEASE / 3,
             DEFAULT_MAX_HANDOVERS_IN_A_ROW,
+            None,
         )
     }
 
@@ -144,6 +151,7 @@ impl Locker {
         watchdog_lease: Duration,
         renewal_interval: Duration,
         max_handovers_in_a_row: u32,
+        replica_acks: Option<Duration>,
     ) -> Self {
         // An engine that cannot hand over gets plain releases only.
         let max_handovers_in_a_row = if engine.supports_hand_over() {
@@ -159,6 +167,7 @@ impl Locker {
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 queues: Queues::default(),
                 max_handovers_in_a_row,
+                replica_acks,
                 shutdown: Default::default(),
             }),
         }
@@ -340,6 +349,7 @@ pub struct LockerBuilder {
     response_timeout: Duration,
     subscriber_health_check: Duration,
     max_handovers_in_a_row: u32,
+    replica_acks: Option<Duration>,
     /// `None`: [`default_holder_label`], made at `build()`.
     holder_label: Option<String>,
     #[cfg(feature = "tls")]
@@ -357,6 +367,7 @@ impl LockerBuilder {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             subscriber_health_check: DEFAULT_SUBSCRIBER_HEALTH_CHECK,
             max_handovers_in_a_row: DEFAULT_MAX_HANDOVERS_IN_A_ROW,
+            replica_acks: None,
             holder_label: None,
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
@@ -433,6 +444,23 @@ impl LockerBuilder {
         self
     }
 
+    /// Make every lock of this locker count as taken (and each renewal as done) only once every
+    /// replica connected to the node that took it has acknowledged it, within `within` (default:
+    /// off; per lock: [`LockOptions::replica_acks`], [`LockOptions::without_replica_acks`]).
+    ///
+    /// Without it, a primary that dies after answering but before its replica has the lock can be
+    /// replaced by that replica, and a second holder gets in. With it, the acquire script and a
+    /// `WAIT` go to the primary in one round trip; fewer acknowledgements in time and the lock
+    /// is given up again, and the acquire fails with
+    /// [`BackendError::is_not_replicated`](crate::BackendError::is_not_replicated). It cannot
+    /// cover a replica that was disconnected at the time (it is not counted, and may still be
+    /// promoted): see the README, "Cluster and Sentinel".
+    #[must_use = "builder methods return the changed builder; use it, e.g. call `.build()` on it"]
+    pub fn replica_acks(mut self, within: Duration) -> Self {
+        self.replica_acks = Some(within);
+        self
+    }
+
     /// What the locks this locker takes record as their holder, for operators
     /// ([`Locker::inspect`], the `distlock_cli` example): default `host:pid`
     /// ([`default_holder_label`]). Any text up to
@@ -465,6 +493,10 @@ impl LockerBuilder {
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
             ("subscriber_health_check", self.subscriber_health_check),
+            (
+                "replica_acks",
+                self.replica_acks.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            ),
         ] {
             if d.is_zero() || d > MAX_DURATION {
                 return Err(invalid(format!(
@@ -509,6 +541,7 @@ impl LockerBuilder {
             self.watchdog_lease,
             renewal_interval,
             self.max_handovers_in_a_row,
+            self.replica_acks,
         ))
     }
 }
@@ -533,6 +566,7 @@ impl fmt::Debug for LockerBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("max_handovers_in_a_row", &self.max_handovers_in_a_row)
+            .field("replica_acks", &self.replica_acks)
             .field("holder_label", &self.holder_label);
         #[cfg(feature = "tls")]
         out.field(

@@ -32,6 +32,15 @@ pub struct LockOptions {
     wait: Duration,
     lease: Option<Duration>,
     hold_at_least: Option<Duration>,
+    replica_acks: ReplicaAcks,
+}
+
+/// Whether a lock waits for the replicas: as the locker says, not, or within a bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplicaAcks {
+    LockerDefault,
+    Off,
+    Within(Duration),
 }
 
 impl Default for LockOptions {
@@ -49,6 +58,7 @@ impl LockOptions {
             wait: DEFAULT_WAIT,
             lease: None,
             hold_at_least: None,
+            replica_acks: ReplicaAcks::LockerDefault,
         }
     }
 
@@ -74,6 +84,37 @@ impl LockOptions {
     pub const fn hold_at_least(mut self, hold: Duration) -> Self {
         self.hold_at_least = Some(hold);
         self
+    }
+
+    /// Count this lock as taken (and each renewal as done) only once every replica connected to
+    /// the Redis node that took it has acknowledged it, within `within`; fewer in time and the
+    /// lock is given up again and the acquire fails ([`BackendError::is_not_replicated`]), so a
+    /// failover right after cannot hand it to a second holder. Overrides the locker's
+    /// [`LockerBuilder::replica_acks`](crate::LockerBuilder::replica_acks); costs about one
+    /// replication round trip per step (see the README, "Cluster and Sentinel").
+    ///
+    /// [`BackendError::is_not_replicated`]: crate::BackendError::is_not_replicated
+    #[must_use = "LockOptions is Copy: this returns new options and leaves `self` unchanged"]
+    pub const fn replica_acks(mut self, within: Duration) -> Self {
+        self.replica_acks = ReplicaAcks::Within(within);
+        self
+    }
+
+    /// Do not wait for replicas for this lock, whatever the locker's default.
+    #[must_use = "LockOptions is Copy: this returns new options and leaves `self` unchanged"]
+    pub const fn without_replica_acks(mut self) -> Self {
+        self.replica_acks = ReplicaAcks::Off;
+        self
+    }
+
+    /// How long this lock's steps wait for replica acknowledgements (`None`: they do not), given
+    /// the locker's default.
+    pub(crate) fn replicas(&self, locker_default: Option<Duration>) -> Option<Duration> {
+        match self.replica_acks {
+            ReplicaAcks::LockerDefault => locker_default,
+            ReplicaAcks::Off => None,
+            ReplicaAcks::Within(within) => Some(within),
+        }
     }
 
     /// The wait bound.
@@ -104,6 +145,9 @@ impl LockOptions {
         }
         if let Some(lease) = self.lease {
             check_lease("lease", lease).map_err(invalid)?;
+        }
+        if let ReplicaAcks::Within(within) = self.replica_acks {
+            check_lease("replica_acks", within).map_err(invalid)?;
         }
         if let Some(hold) = self.hold_at_least {
             check_lease("hold_at_least", hold).map_err(invalid)?;

@@ -28,6 +28,8 @@ mod network_cut;
 mod paused_holder;
 mod promotion;
 mod redis_restart;
+mod resharding;
+mod shard_cut;
 mod slow_server;
 mod snapshot_restore;
 mod soak;
@@ -62,6 +64,8 @@ const FAULTS: &[Fault] = &[
         cancellation_at_every_poll::run,
     ),
     ("f15_subscriber", subscriber_fault::run),
+    ("f16_cluster_resharding", resharding::run),
+    ("f17_cluster_shard_cut", shard_cut::run),
 ];
 
 /// Awaits `fut`, panicking with `what` if it takes longer than `bound`: "nothing hangs".

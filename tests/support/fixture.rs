@@ -161,21 +161,7 @@ impl Fixture {
 /// Behaviours that fail on an engine because of a library bug, as (engine, behaviour, the bug).
 /// Each runs and must still fail: once the bug is fixed its test fails, saying to remove the
 /// line here.
-const KNOWN_FAILURES: &[(&str, &str, &str)] = &[
-    (
-        "cluster",
-        "unusual_keys_lock_distinct_resources",
-        "a key starting with `}` (\"}\", \"}{\"): `lock:{}}` has an empty hash tag, so Redis \
-         hashes the whole name and its channel `lock:{}}:released` lands in another slot; the \
-         release script's SPUBLISH fails with 'Script attempted to access a non local key'",
-    ),
-    (
-        "sentinel",
-        "close_stops_the_lockers_connections",
-        "after close, one connection per sentinel stays open (the redis-rs SentinelClient's \
-         cached connections, last command SENTINEL MASTERS), held by the engine's SentinelSource",
-    ),
-];
+const KNOWN_FAILURES: &[(&str, &str, &str)] = &[];
 
 /// Runs `behaviour` (named `name`) on the fixture `fixture` makes, on engine `engine`, on a
 /// runtime of its own (as `#[tokio::test(flavor = "multi_thread", worker_threads = 4)]` would),

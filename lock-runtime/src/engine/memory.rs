@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Attempt, Engine, Released, Subscription, Unregister};
+use super::{Attempt, Engine, Released, Replicas, Subscription, Unregister};
 use crate::error::BackendError;
 use crate::holder::default_holder_label;
 use crate::lock_info::LockInfo;
@@ -256,6 +256,7 @@ impl Engine for MemoryEngine {
         key: &'a str,
         token: &'a str,
         lease: Duration,
+        _replicas: Replicas,
     ) -> BoxFuture<'a, Result<Attempt, BackendError>> {
         Box::pin(async move { Ok(MemoryEngine::try_acquire(self, key, token, lease)) })
     }
@@ -279,6 +280,7 @@ impl Engine for MemoryEngine {
         giver: &'a str,
         taker: &'a str,
         lease: Duration,
+        _replicas: Replicas,
     ) -> BoxFuture<'a, Result<Option<u64>, BackendError>> {
         Box::pin(async move { Ok(MemoryEngine::hand_over(self, key, giver, taker, lease)) })
     }
@@ -288,6 +290,7 @@ impl Engine for MemoryEngine {
         key: &'a str,
         token: &'a str,
         lease: Duration,
+        _replicas: Replicas,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
         Box::pin(async move { Ok(MemoryEngine::renew(self, key, token, lease)) })
     }

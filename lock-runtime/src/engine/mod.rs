@@ -1,6 +1,7 @@
 //! The engine seam: what a lock store must do, behind one object-safe trait ([`Engine`]), used as
-//! `Arc<dyn Engine>` by every layer above. Today: single Redis ([`redis`]) and in-process memory
-//! ([`memory`]); a Redis Cluster or Sentinel topology and an etcd engine implement the same trait.
+//! `Arc<dyn Engine>` by every layer above. Today: Redis ([`redis`]: one server, a Cluster, or a
+//! primary under Sentinel, one engine with one copy of the scripts) and in-process memory
+//! ([`memory`]); an etcd engine would implement the same trait.
 //!
 //! # Who owns what
 //!
@@ -65,6 +66,14 @@ pub(crate) mod redis;
 /// never only at the holder's expiry.
 pub const FALLBACK_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Whether a write (an acquisition, a hand-over, a renewal) counts only once the store's
+/// replicas have it: `Some(within)`: every replica connected to the node that took it must
+/// acknowledge it within `within`, or the step fails with [`BackendError::is_not_replicated`]
+/// (an acquisition or hand-over is then given up again: the caller never holds a lock a failover
+/// could hand to someone else); `None`: the node's answer is enough. An engine without replicas
+/// ignores it.
+pub(crate) type Replicas = Option<Duration>;
+
 /// A lock store, as the runtime sees it; see the module docs for the guarantees each method
 /// must give. Object-safe: the runtime holds an `Arc<dyn Engine>`. Async steps return boxed
 /// futures (one allocation per call) that borrow their arguments and must be `Send`.
@@ -81,6 +90,7 @@ pub(crate) trait Engine: Send + Sync + 'static {
         key: &'a str,
         token: &'a str,
         lease: Duration,
+        replicas: Replicas,
     ) -> BoxFuture<'a, Result<Attempt, BackendError>>;
 
     /// Releases `key` if `token` still owns it, and wakes its waiters; with `keep`, shortens its
@@ -108,8 +118,9 @@ pub(crate) trait Engine: Send + Sync + 'static {
         giver: &'a str,
         taker: &'a str,
         lease: Duration,
+        replicas: Replicas,
     ) -> BoxFuture<'a, Result<Option<u64>, BackendError>> {
-        let _ = (key, giver, taker, lease);
+        let _ = (key, giver, taker, lease, replicas);
         Box::pin(std::future::ready(Ok(None)))
     }
 
@@ -120,6 +131,7 @@ pub(crate) trait Engine: Send + Sync + 'static {
         key: &'a str,
         token: &'a str,
         lease: Duration,
+        replicas: Replicas,
     ) -> BoxFuture<'a, Result<bool, BackendError>>;
 
     /// Registers interest in `key`'s release. Returns once a release after this call is sure to

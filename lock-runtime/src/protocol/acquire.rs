@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handoff::queue_up;
 use super::reentry::reenter;
-use super::watchdog::watchdog;
+use super::watchdog::{Kept, watchdog};
 use crate::engine::{Attempt, FALLBACK_RETRY_INTERVAL};
 use crate::error::LockError;
 use crate::options::{LockOptions, MAX_DURATION};
@@ -41,6 +41,7 @@ pub(crate) async fn acquire(
         .checked_add(options.wait_time())
         .unwrap_or(started + MAX_DURATION);
     let lease = options.lease_time().unwrap_or(shared.watchdog_lease);
+    let replicas = options.replicas(shared.replica_acks);
     let token = new_token().map_err(|e| LockError::backend(Some(key), e))?;
     let not_acquired = || {
         let waited = started.elapsed();
@@ -52,7 +53,7 @@ pub(crate) async fn acquire(
         }
     };
 
-    let first = attempt(shared, key, &token, lease).await?;
+    let first = attempt(shared, key, &token, lease, replicas).await?;
     if let (Attempt::Acquired { fence }, sent_at) = first {
         return Ok(hold(
             shared,
@@ -74,7 +75,8 @@ pub(crate) async fn acquire(
     // Queue for a hand-over from a holder of this locker, and subscribe to releases by
     // everyone else, BEFORE retrying: a release between our retry and our sleep still reaches
     // us. A hand-over that arrives at any point wins: the lock is already ours.
-    let queue_up = || queue_up(shared, key, lease).map_err(|e| LockError::backend(Some(key), e));
+    let queue_up =
+        || queue_up(shared, key, lease, replicas).map_err(|e| LockError::backend(Some(key), e));
     let mut place = queue_up()?;
     let handed = |lock: Claimed| {
         let fence = (lock.fence, lock.in_a_row);
@@ -100,7 +102,8 @@ pub(crate) async fn acquire(
         let notified = subscription.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let attempt = tokio::time::timeout_at(deadline, attempt(shared, key, &token, lease)).await;
+        let attempt =
+            tokio::time::timeout_at(deadline, attempt(shared, key, &token, lease, replicas)).await;
         if let Some(lock) = place.try_take() {
             // Ours now: its release wakes the others.
             wake_up.spent();
@@ -181,6 +184,7 @@ async fn attempt(
     key: &str,
     token: &str,
     lease: Duration,
+    replicas: Option<Duration>,
 ) -> Result<(Attempt, Instant), LockError> {
     let sent_at = Instant::now();
     let mut in_flight = InFlight {
@@ -192,7 +196,7 @@ async fn attempt(
     // armed for it too. Only an answer disarms it.
     let attempt = shared
         .engine
-        .try_acquire(key, token, lease)
+        .try_acquire(key, token, lease, replicas)
         .await
         .inspect_err(|_| crate::metrics::backend_error(key, crate::metrics::Op::Acquire))
         .map_err(|e| LockError::backend(Some(key), e))?;
@@ -213,6 +217,7 @@ fn hold(
 ) -> Arc<HeldLock> {
     let lost = CancellationToken::new();
     let lease = options.lease_time();
+    let replicas = options.replicas(shared.replica_acks);
     let lease_end = Arc::new(LeaseEnd::new(LeaseEnd::of(
         sent_at,
         lease.unwrap_or(shared.watchdog_lease),
@@ -221,9 +226,12 @@ fn hold(
     let keeper = lease.is_none().then(|| {
         tokio::spawn(watchdog(
             Arc::clone(shared),
-            key.to_owned(),
-            token.clone(),
-            fence,
+            Kept {
+                key: key.to_owned(),
+                token: token.clone(),
+                fence,
+                replicas,
+            },
             lost.clone(),
             sent_at,
             Arc::clone(&lease_end),
@@ -237,6 +245,7 @@ fn hold(
         fence,
         acquired_at,
         lease,
+        replicas,
         hold_until: Mutex::new(options.hold_at_least_time().map(|hold| acquired_at + hold)),
         guards: AtomicUsize::new(1),
         extending: tokio::sync::Mutex::new(()),

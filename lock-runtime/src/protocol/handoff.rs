@@ -34,6 +34,7 @@ pub(crate) fn queue_up(
     shared: &Arc<Shared>,
     key: &str,
     lease: Duration,
+    replicas: Option<Duration>,
 ) -> Result<Place, BackendError> {
     let token = new_token()?;
     let id = shared.queues.next_id.fetch_add(1, Ordering::Relaxed);
@@ -41,6 +42,7 @@ pub(crate) fn queue_up(
     let candidate = Candidate {
         token,
         lease,
+        replicas,
         handed,
     };
     lock(&shared.queues.keys)
@@ -94,7 +96,13 @@ pub(crate) async fn hand_over_or_release(
     let sent_at = Instant::now();
     let handed = shared
         .engine
-        .hand_over(&held.key, &held.token, &next.token, next.lease)
+        .hand_over(
+            &held.key,
+            &held.token,
+            &next.token,
+            next.lease,
+            next.replicas,
+        )
         .await;
     match handed {
         Ok(Some(fence)) => {
@@ -134,7 +142,7 @@ mod tests {
     /// Hands "k" from a holder to a queued place, the way a waiting task would be handed it.
     async fn hand_to_a_place(locker: &Locker) -> Place {
         let holder = locker.acquire("k", fixed()).await.unwrap();
-        let place = queue_up(&locker.shared, "k", LEASE).unwrap();
+        let place = queue_up(&locker.shared, "k", LEASE, None).unwrap();
         holder.release().await.unwrap();
         place
     }
@@ -168,7 +176,7 @@ mod tests {
     #[tokio::test]
     async fn a_place_taken_without_a_hand_over_says_so_after_a_look() {
         let locker = Locker::in_memory();
-        let mut place = queue_up(&locker.shared, "k", LEASE).unwrap();
+        let mut place = queue_up(&locker.shared, "k", LEASE, None).unwrap();
         // A release took the place, then had nothing to hand (its lease had run out).
         drop(next_in_line(&locker.shared, "k").expect("the place"));
         assert!(place.try_take().is_none());
@@ -179,8 +187,8 @@ mod tests {
     #[tokio::test]
     async fn a_place_whose_task_left_is_skipped_and_forgotten() {
         let locker = Locker::in_memory();
-        let gone = queue_up(&locker.shared, "k", LEASE).unwrap();
-        let mut waiting = queue_up(&locker.shared, "k", LEASE).unwrap();
+        let gone = queue_up(&locker.shared, "k", LEASE, None).unwrap();
+        let mut waiting = queue_up(&locker.shared, "k", LEASE, None).unwrap();
         drop(gone);
         let holder = locker.acquire("k", fixed()).await.unwrap();
         holder.release().await.unwrap();

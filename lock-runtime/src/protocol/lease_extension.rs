@@ -30,7 +30,7 @@ pub(crate) async fn extend(
     let renewed = held
         .shared
         .engine
-        .renew(&held.key, &held.token, lease)
+        .renew(&held.key, &held.token, lease, held.replicas)
         .await
         .inspect_err(|_| crate::metrics::backend_error(&held.key, crate::metrics::Op::Renew))
         .map_err(|e| LockError::backend(Some(&held.key), e))?;

@@ -15,17 +15,30 @@ use crate::shared::held::{HeldLock, LeaseEnd};
 const RENEW_RETRY_MIN: Duration = Duration::from_millis(10);
 const RENEW_RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// The lock a watchdog keeps: its name, owner token, fencing number, and how long its renewals
+/// wait for replica acknowledgements.
+pub(crate) struct Kept {
+    pub(crate) key: String,
+    pub(crate) token: String,
+    pub(crate) fence: u64,
+    pub(crate) replicas: Option<Duration>,
+}
+
 /// The watchdog: renew every renewal interval while the guard lives; report the loss when a
 /// renewal finds the lock gone or taken, or when the lease runs out with renewals failing.
 pub(crate) async fn watchdog(
     shared: Arc<Shared>,
-    key: String,
-    token: String,
-    fence: u64,
+    kept: Kept,
     lost: CancellationToken,
     sent_at: Instant,
     lease_end: Arc<LeaseEnd>,
 ) {
+    let Kept {
+        key,
+        token,
+        fence,
+        replicas,
+    } = kept;
     let lease = shared.watchdog_lease;
     let every = shared.renewal_interval;
     let retry = (every / 4).clamp(RENEW_RETRY_MIN, RENEW_RETRY_MAX);
@@ -46,7 +59,7 @@ pub(crate) async fn watchdog(
         // A renewal the network swallowed must not hold the report back past the lease's end:
         // from then on another holder may have the lock.
         let renewed = tokio::select! {
-            renewed = shared.engine.renew(&key, &token, lease) => renewed,
+            renewed = shared.engine.renew(&key, &token, lease, replicas) => renewed,
             () = tokio::time::sleep_until(expires) => {
                 HeldLock::mark_lost(
                     &key,

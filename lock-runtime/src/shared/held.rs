@@ -24,6 +24,8 @@ pub(crate) struct HeldLock {
     pub(crate) acquired_at: Instant,
     /// The fixed lease it was taken with; `None`: the watchdog keeps it.
     pub(crate) lease: Option<Duration>,
+    /// How long its renewals wait for replica acknowledgements (`None`: they do not).
+    pub(crate) replicas: Option<Duration>,
     /// Until when a release keeps the lock instead of deleting it: the latest end any of its
     /// guards asked for with `hold_at_least`.
     pub(crate) hold_until: Mutex<Option<Instant>>,

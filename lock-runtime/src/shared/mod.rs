@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     /// Tasks of this locker waiting for a lock, for hand-overs.
     pub(crate) queues: Queues,
     pub(crate) max_handovers_in_a_row: u32,
+    /// The locks' default for waiting on replica acknowledgements (`LockerBuilder::replica_acks`).
+    pub(crate) replica_acks: Option<Duration>,
     /// Live acquisitions and background releases, for `Locker::close`.
     pub(crate) shutdown: shutdown::Shutdown,
 }

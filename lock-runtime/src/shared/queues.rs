@@ -24,6 +24,8 @@ pub(crate) struct Queues {
 pub(crate) struct Candidate {
     pub(crate) token: String,
     pub(crate) lease: Duration,
+    /// The waiter's replica acknowledgement bound, for the hand-over's write.
+    pub(crate) replicas: Option<Duration>,
     pub(crate) handed: oneshot::Sender<Handed>,
 }
 

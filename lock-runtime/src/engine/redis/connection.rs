@@ -15,10 +15,10 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::SentinelClient;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::oneshot;
 
+use super::topology::SentinelClients;
 use crate::error::BackendError;
 use crate::mutex::lock;
 
@@ -58,24 +58,23 @@ impl ConnectionLike for Conn {
 }
 
 /// Where the primary is, for a deployment under Sentinel: asked of the sentinels each time,
-/// since a failover moves it.
+/// since a failover moves it, through a client made for the question (no connection to a
+/// sentinel stays open in between).
 pub(crate) struct SentinelSource {
-    client: tokio::sync::Mutex<SentinelClient>,
+    clients: SentinelClients,
     timeout: Duration,
 }
 
 impl SentinelSource {
-    pub(crate) fn new(client: SentinelClient, timeout: Duration) -> Self {
-        SentinelSource {
-            client: tokio::sync::Mutex::new(client),
-            timeout,
-        }
+    pub(crate) fn new(clients: SentinelClients, timeout: Duration) -> Self {
+        SentinelSource { clients, timeout }
     }
 
     /// A client for the current primary: the address a sentinel gives, once it answers `ROLE`
     /// as a primary.
     pub(crate) async fn primary(&self) -> Result<redis::Client, BackendError> {
-        let ask = async { self.client.lock().await.async_get_client().await };
+        let mut sentinels = (self.clients)().map_err(BackendError::redis)?;
+        let ask = sentinels.async_get_client();
         match tokio::time::timeout(self.timeout, ask).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(BackendError::redis(e)),
@@ -176,17 +175,11 @@ impl Commands {
         if let Some(conn) = self.usable() {
             return Ok(conn);
         }
-        // Cleared first: a failure of the new connection marks it again.
-        self.stale.store(false, Ordering::SeqCst);
-        let conn = match self.remake.make().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.stale.store(true, Ordering::SeqCst);
-                return Err(e);
-            }
-        };
+        // Stale until a new one is in place, also when this future is dropped meanwhile.
+        let conn = self.remake.make().await?;
         tracing::debug!("lock command connection made anew");
         *lock(&self.current) = Some(Driven::new(conn.clone()));
+        self.stale.store(false, Ordering::SeqCst);
         Ok(conn)
     }
 

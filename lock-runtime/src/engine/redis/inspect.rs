@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{RedisEngine, unexpected};
+use super::{RedisEngine, eval, unexpected};
 use crate::error::BackendError;
 use crate::lock_info::LockInfo;
 
@@ -19,18 +19,19 @@ type Reply = (i64, String, i64);
 impl RedisEngine {
     pub(crate) async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, BackendError> {
         let lock = self.lock_key(key);
-        let mut invocation = INSPECT.prepare_invoke();
-        invocation.key(&lock);
-        let reply: Reply = self.call(invocation, "inspecting").await?;
+        let cmd = eval(&INSPECT, &lock);
+        let (reply, _): (Reply, _) = self.call(&INSPECT, cmd, None, "inspecting").await?;
         read(lock, reply, "inspect")
     }
 
     pub(crate) async fn force_release(&self, key: &str) -> Result<Option<LockInfo>, BackendError> {
         let lock = self.lock_key(key);
         let channel = format!("{lock}:released");
-        let mut invocation = FORCE_RELEASE.prepare_invoke();
-        invocation.key(&lock).arg(&channel).arg(self.publish);
-        let reply: Reply = self.call(invocation, "force-releasing").await?;
+        let mut cmd = eval(&FORCE_RELEASE, &lock);
+        cmd.arg(&channel).arg(self.publish);
+        let (reply, _): (Reply, _) = self
+            .call(&FORCE_RELEASE, cmd, None, "force-releasing")
+            .await?;
         read(lock, reply, "force-release")
     }
 }

@@ -17,18 +17,21 @@ use futures_util::future::BoxFuture;
 use redis::Script;
 use redis::aio::ConnectionManagerConfig;
 
-use super::{Attempt, Engine, Released, Subscription};
+use super::{Attempt, Engine, Released, Replicas, Subscription};
 use crate::error::BackendError;
 use crate::lock_info::LockInfo;
 
+mod channels;
 mod checks;
 mod connection;
 mod inspect;
+mod replicas;
 mod shard_waiters;
 pub(crate) mod topology;
 mod waiters;
 
 use connection::{Commands, Conn, Remake, SentinelSource};
+use replicas::{Acks, ReplicaCounts};
 use topology::Topology;
 use waiters::{Source, SubscriberSettings, Waiters};
 
@@ -60,6 +63,8 @@ pub(crate) struct RedisEngine {
     holder_label: String,
     /// How a release wakes waiters: PUBLISH, or SPUBLISH on a Cluster.
     publish: &'static str,
+    /// For replica acknowledgement: how many replicas were connected at the last look.
+    replica_counts: ReplicaCounts,
 }
 
 /// How many times the command connection retries a lost connection before a command fails;
@@ -165,6 +170,7 @@ impl RedisEngine {
             waiters,
             holder_label: settings.holder_label,
             publish,
+            replica_counts: ReplicaCounts::default(),
         };
         // The scripts run under the user's rights on the keys they touch: release a lock nobody
         // holds, which changes nothing.
@@ -183,38 +189,105 @@ impl RedisEngine {
         self.commands.close();
     }
 
+    /// The lock's name: `P{K}`, so that a Cluster keeps it and its channel in the slot of `K`.
+    ///
+    /// On a Cluster, a key that starts with `}` would give `P{}...}`, whose hash tag is empty:
+    /// Redis would then hash the whole name, and the channel's (the name + `:released`) to
+    /// another slot than the lock's, where the release script cannot publish. Such keys are
+    /// named `P{~` + K + `~` instead (hash tag `~`): a name of that form never ends with `}`, so
+    /// it never meets another key's `P{K}`.
     fn lock_key(&self, key: &str) -> String {
+        if self.publish == "SPUBLISH" && key.starts_with('}') {
+            return format!("{}{{~{}~", self.prefix, key);
+        }
         format!("{}{{{}}}", self.prefix, key)
     }
 
+    /// One script step: `cmd` (an EVALSHA of `script`) alone, or with `acks`, (the lock's name
+    /// and the bound) followed by WAIT in the same round trip (see `replicas`).
     async fn call<T: redis::FromRedisValue>(
         &self,
-        invocation: redis::ScriptInvocation<'_>,
+        script: &Script,
+        cmd: redis::Cmd,
+        acks: Option<(&str, Duration)>,
         what: &'static str,
-    ) -> Result<T, BackendError> {
+    ) -> Result<(T, Option<Acks>), BackendError> {
+        // WAIT may use its whole bound before it answers.
+        let bound = self.response_timeout + acks.map_or(Duration::ZERO, |(_, within)| within);
         let run = async {
             let mut conn = self.commands.conn().await.map_err(Failure::Engine)?;
-            invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(Failure::Redis)
+            match acks {
+                None => send(&mut conn, script, &Request::One(cmd))
+                    .await
+                    .map(|reply| (reply, None)),
+                Some((lock, within)) => self.send_acked(&mut conn, script, cmd, lock, within).await,
+            }
+            .map_err(Failure::Redis)
         };
-        match tokio::time::timeout(self.response_timeout, run).await {
+        match tokio::time::timeout(bound, run).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(Failure::Engine(e))) => Err(e),
             Ok(Err(Failure::Redis(e))) => {
                 self.commands.failed(Some(&e));
                 if e.is_timeout() {
-                    Err(BackendError::timeout(self.response_timeout, what))
+                    Err(BackendError::timeout(bound, what))
                 } else {
                     Err(BackendError::redis(e))
                 }
             }
             Err(_) => {
                 self.commands.failed(None);
-                Err(BackendError::timeout(self.response_timeout, what))
+                Err(BackendError::timeout(bound, what))
             }
         }
+    }
+
+    /// The script, WAIT and `INFO replication` in one pipeline; one more WAIT when more
+    /// replicas are connected than were waited for.
+    async fn send_acked<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        script: &Script,
+        cmd: redis::Cmd,
+        lock: &str,
+        within: Duration,
+    ) -> redis::RedisResult<(T, Option<Acks>)> {
+        let slot = if self.publish == "SPUBLISH" {
+            replicas::slot(lock)
+        } else {
+            0
+        };
+        let expected = self.replica_counts.expected(slot);
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd)
+            .cmd("WAIT")
+            .arg(expected)
+            .arg(millis(within))
+            .cmd("INFO")
+            .arg("replication");
+        let (reply, acknowledged, info): (T, u64, String) =
+            send(conn, script, &Request::Acked(pipe)).await?;
+        let connected = replicas::connected_replicas(&info);
+        self.replica_counts.seen(slot, connected);
+        let mut acks = Acks {
+            acknowledged,
+            connected,
+            within,
+        };
+        if acknowledged < connected && expected < connected {
+            // The count waited for was too low: wait for the rest, on the same node (PTTL is
+            // routed by the lock's name, and WAIT follows it).
+            let (_, acknowledged): (i64, u64) = redis::pipe()
+                .cmd("PTTL")
+                .arg(lock)
+                .cmd("WAIT")
+                .arg(connected)
+                .arg(millis(within))
+                .query_async(conn)
+                .await?;
+            acks.acknowledged = acknowledged;
+        }
+        Ok((reply, Some(acks)))
     }
 
     pub(crate) async fn try_acquire(
@@ -222,12 +295,19 @@ impl RedisEngine {
         key: &str,
         token: &str,
         lease: Duration,
+        replicas: Replicas,
     ) -> Result<Attempt, BackendError> {
-        let (lock, reply) = self.take(key, token, lease, None).await?;
+        let (lock, reply, acks) = self.take(key, token, lease, None, replicas).await?;
         match reply.as_slice() {
-            [1, fence] if *fence > 0 => Ok(Attempt::Acquired {
-                fence: *fence as u64,
-            }),
+            [1, fence] if *fence > 0 => {
+                // The caller gives the lock up again: an error leaves its clean-up armed.
+                if let Some(short) = acks.and_then(Acks::short) {
+                    return Err(not_replicated("the lock", short));
+                }
+                Ok(Attempt::Acquired {
+                    fence: *fence as u64,
+                })
+            }
             [0, pttl] if *pttl >= 0 => Ok(Attempt::Busy {
                 ttl: Duration::from_millis(*pttl as u64),
             }),
@@ -246,10 +326,17 @@ impl RedisEngine {
         giver: &str,
         taker: &str,
         lease: Duration,
+        replicas: Replicas,
     ) -> Result<Option<u64>, BackendError> {
-        let (_, reply) = self.take(key, taker, lease, Some(giver)).await?;
+        let (_, reply, acks) = self.take(key, taker, lease, Some(giver), replicas).await?;
         match reply.as_slice() {
-            [1, fence] if *fence > 0 => Ok(Some(*fence as u64)),
+            [1, fence] if *fence > 0 => {
+                // The caller gives the taker's lock up again on an error.
+                if let Some(short) = acks.and_then(Acks::short) {
+                    return Err(not_replicated("the lock", short));
+                }
+                Ok(Some(*fence as u64))
+            }
             [0, -2] => Ok(None),
             other => Err(unexpected("hand-over", other)),
         }
@@ -262,19 +349,17 @@ impl RedisEngine {
         token: &str,
         lease: Duration,
         giver: Option<&str>,
-    ) -> Result<(String, Vec<i64>), BackendError> {
+        replicas: Replicas,
+    ) -> Result<(String, Vec<i64>, Option<Acks>), BackendError> {
         let lock = self.lock_key(key);
-        let mut invocation = ACQUIRE.prepare_invoke();
-        invocation
-            .key(&lock)
-            .arg(token)
-            .arg(millis(lease))
-            .arg(&self.holder_label);
+        let mut cmd = eval(&ACQUIRE, &lock);
+        cmd.arg(token).arg(millis(lease)).arg(&self.holder_label);
         if let Some(giver) = giver {
-            invocation.arg(giver);
+            cmd.arg(giver);
         }
-        let reply = self.call(invocation, "acquiring").await?;
-        Ok((lock, reply))
+        let acks = replicas.map(|within| (lock.as_str(), within));
+        let (reply, acks) = self.call(&ACQUIRE, cmd, acks, "acquiring").await?;
+        Ok((lock, reply, acks))
     }
 
     pub(crate) async fn release(
@@ -285,14 +370,12 @@ impl RedisEngine {
     ) -> Result<Released, BackendError> {
         let lock = self.lock_key(key);
         let channel = format!("{lock}:released");
-        let mut invocation = RELEASE.prepare_invoke();
-        invocation
-            .key(&lock)
-            .arg(token)
+        let mut cmd = eval(&RELEASE, &lock);
+        cmd.arg(token)
             .arg(keep.map_or(0, |k| millis(k).max(1)))
             .arg(&channel)
             .arg(self.publish);
-        let reply: i64 = self.call(invocation, "releasing").await?;
+        let (reply, _): (i64, _) = self.call(&RELEASE, cmd, None, "releasing").await?;
         Ok(if reply == 1 {
             Released::Done
         } else {
@@ -305,13 +388,18 @@ impl RedisEngine {
         key: &str,
         token: &str,
         lease: Duration,
+        replicas: Replicas,
     ) -> Result<bool, BackendError> {
-        let mut invocation = RENEW.prepare_invoke();
-        invocation
-            .key(self.lock_key(key))
-            .arg(token)
-            .arg(millis(lease));
-        let reply: i64 = self.call(invocation, "renewing").await?;
+        let lock = self.lock_key(key);
+        let mut cmd = eval(&RENEW, &lock);
+        cmd.arg(token).arg(millis(lease));
+        let acks = replicas.map(|within| (lock.as_str(), within));
+        let (reply, acks): (i64, _) = self.call(&RENEW, cmd, acks, "renewing").await?;
+        if reply == 1
+            && let Some(short) = acks.and_then(Acks::short)
+        {
+            return Err(not_replicated("the renewal", short));
+        }
         Ok(reply == 1)
     }
 
@@ -331,8 +419,9 @@ impl Engine for RedisEngine {
         key: &'a str,
         token: &'a str,
         lease: Duration,
+        replicas: Replicas,
     ) -> BoxFuture<'a, Result<Attempt, BackendError>> {
-        Box::pin(RedisEngine::try_acquire(self, key, token, lease))
+        Box::pin(RedisEngine::try_acquire(self, key, token, lease, replicas))
     }
 
     fn release<'a>(
@@ -354,8 +443,11 @@ impl Engine for RedisEngine {
         giver: &'a str,
         taker: &'a str,
         lease: Duration,
+        replicas: Replicas,
     ) -> BoxFuture<'a, Result<Option<u64>, BackendError>> {
-        Box::pin(RedisEngine::hand_over(self, key, giver, taker, lease))
+        Box::pin(RedisEngine::hand_over(
+            self, key, giver, taker, lease, replicas,
+        ))
     }
 
     fn renew<'a>(
@@ -363,8 +455,9 @@ impl Engine for RedisEngine {
         key: &'a str,
         token: &'a str,
         lease: Duration,
+        replicas: Replicas,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        Box::pin(RedisEngine::renew(self, key, token, lease))
+        Box::pin(RedisEngine::renew(self, key, token, lease, replicas))
     }
 
     fn subscribe<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Subscription> {
@@ -388,6 +481,43 @@ impl Engine for RedisEngine {
     ) -> BoxFuture<'a, Result<Option<LockInfo>, BackendError>> {
         Box::pin(RedisEngine::force_release(self, key))
     }
+}
+
+/// An EVALSHA of `script` on the lock `lock`, its only key; the caller adds the arguments.
+fn eval(script: &Script, lock: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(1).arg(lock);
+    cmd
+}
+
+/// A script step alone, or in a pipeline with WAIT.
+enum Request {
+    One(redis::Cmd),
+    Acked(redis::Pipeline),
+}
+
+/// Sends `request`; when the node does not know the script (a restarted or newly promoted
+/// one), loads it and sends once more.
+async fn send<T: redis::FromRedisValue>(
+    conn: &mut Conn,
+    script: &Script,
+    request: &Request,
+) -> redis::RedisResult<T> {
+    let once = async |conn: &mut Conn| match request {
+        Request::One(cmd) => cmd.query_async(conn).await,
+        Request::Acked(pipe) => pipe.query_async(conn).await,
+    };
+    match once(conn).await {
+        Err(e) if e.code() == Some("NOSCRIPT") => {
+            script.load_async(conn).await?;
+            once(conn).await
+        }
+        other => other,
+    }
+}
+
+fn not_replicated(what: &'static str, acks: Acks) -> BackendError {
+    BackendError::not_replicated(what, acks.acknowledged, acks.connected, acks.within)
 }
 
 fn unexpected(script: &str, reply: &[i64]) -> BackendError {

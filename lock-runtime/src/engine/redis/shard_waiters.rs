@@ -14,7 +14,6 @@
 //! - a slot migrated away (the server sends `sunsubscribe` for its channels): the same, for the
 //!   channels it names.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +23,11 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::waiters::{Channel, Command, Registered, Source, SubscriberSettings, bounded};
-use crate::engine::{FALLBACK_RETRY_INTERVAL, Link};
+use super::channels::{self, Channels, Registered, sleep_until};
+use super::waiters::{Command, Source, SubscriberSettings, bounded};
 
 /// First pause before connecting again or retrying a failed SSUBSCRIBE; doubles up to the maximum.
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(50);
@@ -78,11 +77,10 @@ pub(super) fn spawn(
         conn: None,
         pushes: None,
         connecting: false,
-        channels: HashMap::new(),
+        channels: Channels::default(),
         in_flight: FuturesUnordered::new(),
         retry_at: None,
         backoff: RETRY_MIN_DELAY,
-        outage_reported: false,
     };
     if let Some(conn) = conn {
         actor.connected(conn);
@@ -96,7 +94,7 @@ enum Done {
     Connected(Result<Sharded, String>),
     Subscribed {
         name: String,
-        notify: Arc<Notify>,
+        identity: Arc<Notify>,
         result: Result<(), String>,
     },
     Unsubscribed,
@@ -107,13 +105,11 @@ struct ShardActor {
     conn: Option<ClusterConnection>,
     pushes: Option<mpsc::UnboundedReceiver<PushInfo>>,
     connecting: bool,
-    channels: HashMap<String, Channel>,
+    channels: Channels,
     in_flight: FuturesUnordered<BoxFuture<'static, Done>>,
-    /// When to connect again (no connection) or to subscribe the channels that are not live.
+    /// When to connect again (no connection) or to subscribe the channels that are down.
     retry_at: Option<Instant>,
     backoff: Duration,
-    /// Waiters are without wake-ups and a WARN said so: one per outage.
-    outage_reported: bool,
 }
 
 impl ShardActor {
@@ -145,29 +141,15 @@ impl ShardActor {
     }
 
     fn register(&mut self, name: String) -> Registered {
+        // Down only while a retry waits for its backoff: nothing will come sooner.
         let backing_off = self.conn.is_none() && !self.connecting && self.retry_at.is_some();
-        let channel = self
-            .channels
-            .entry(name.clone())
-            .or_insert_with(|| Channel {
-                notify: Arc::new(Notify::new()),
-                link: watch::Sender::new(if backing_off {
-                    Link::Down
-                } else {
-                    Link::Pending
-                }),
-                waiters: 0,
-            });
-        channel.waiters += 1;
-        let registered = Registered {
-            notify: Arc::clone(&channel.notify),
-            link: channel.link.subscribe(),
-        };
-        if channel.waiters == 1 {
+        let (registered, first) = self.channels.join(&name, backing_off);
+        if first {
             if self.conn.is_some() {
                 self.subscribe(name);
             } else if backing_off {
-                self.report_outage("the cluster subscriber connection is down");
+                self.channels
+                    .report_outage("the cluster subscriber connection is down");
             } else if !self.connecting {
                 self.connect();
             }
@@ -176,14 +158,9 @@ impl ShardActor {
     }
 
     fn unregister(&mut self, name: String) {
-        let Some(channel) = self.channels.get_mut(&name) else {
-            return;
-        };
-        channel.waiters -= 1;
-        if channel.waiters > 0 {
+        if !self.channels.leave(&name) {
             return;
         }
-        self.channels.remove(&name);
         let Some(conn) = &self.conn else {
             return;
         };
@@ -197,17 +174,16 @@ impl ShardActor {
     }
 
     fn subscribe(&mut self, name: String) {
-        let (Some(conn), Some(channel)) = (&self.conn, self.channels.get(&name)) else {
+        let (Some(conn), Some(identity)) = (&self.conn, self.channels.identity(&name)) else {
             return;
         };
         let mut conn = conn.clone();
-        let notify = Arc::clone(&channel.notify);
         let timeout = self.settings.response_timeout;
         self.start(async move {
             let result = bounded(timeout, conn.ssubscribe(&name)).await;
             Done::Subscribed {
                 name,
-                notify,
+                identity,
                 result,
             }
         });
@@ -229,18 +205,11 @@ impl ShardActor {
         });
     }
 
-    /// Runs `request` beside the actor; polled once here, so requests reach the connection in
-    /// the order they were made (an SUNSUBSCRIBE and a later SSUBSCRIBE of one channel must not
-    /// swap).
+    /// Runs `request` beside the actor (see [`channels::start`]).
     fn start(&mut self, request: impl Future<Output = Done> + Send + 'static) {
-        let mut request: BoxFuture<'static, Done> = Box::pin(request);
-        let waker = std::task::Waker::noop();
-        match request
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(waker))
-        {
-            std::task::Poll::Ready(done) => self.finish(done),
-            std::task::Poll::Pending => self.in_flight.push(request),
+        match channels::start(request) {
+            Ok(done) => self.finish(done),
+            Err(pending) => self.in_flight.push(pending),
         }
     }
 
@@ -249,26 +218,32 @@ impl ShardActor {
             Done::Connected(Ok(conn)) => self.connected(conn),
             Done::Connected(Err(why)) => {
                 self.connecting = false;
+                self.channels.all_down();
                 self.failed(&why);
             }
             Done::Subscribed {
                 name,
-                notify,
-                result,
+                identity,
+                result: Ok(()),
             } => {
                 // A channel left and registered again since has its own SSUBSCRIBE under way.
-                let Some(channel) = self.channels.get(&name) else {
-                    return;
-                };
-                if !Arc::ptr_eq(&channel.notify, &notify) {
-                    return;
+                self.channels.confirmed(&name, Some(&identity));
+                if self.channels.all_live() {
+                    self.backoff = RETRY_MIN_DELAY;
                 }
-                match result {
-                    Ok(()) => self.live(&name),
-                    Err(why) => {
-                        channel.link.send_replace(Link::Down);
-                        self.failed(&format!("SSUBSCRIBE {name} failed: {why}"));
-                    }
+            }
+            Done::Subscribed {
+                name,
+                identity,
+                result: Err(why),
+            } => {
+                if self
+                    .channels
+                    .identity(&name)
+                    .is_some_and(|id| Arc::ptr_eq(&id, &identity))
+                {
+                    self.channels.lost(&name);
+                    self.failed(&format!("SSUBSCRIBE {name} failed: {why}"));
                 }
             }
             Done::Unsubscribed => {}
@@ -280,61 +255,39 @@ impl ShardActor {
         self.pushes = Some(sharded.pushes);
         self.connecting = false;
         tracing::debug!("lock wake-up subscriber connected to the cluster");
-        let names: Vec<String> = self.channels.keys().cloned().collect();
+        let names = self.channels.names();
         if names.is_empty() {
-            self.report_recovery();
+            self.channels.report_recovery();
         }
         for name in names {
             self.subscribe(name);
         }
     }
 
-    /// A channel's subscription is confirmed: its waiters retry once (they may have missed a
-    /// release before it took effect), then sleep until a release.
-    fn live(&mut self, name: &str) {
-        let Some(channel) = self.channels.get(name) else {
-            return;
-        };
-        if *channel.link.borrow() != Link::Live {
-            channel.link.send_replace(Link::Live);
-            channel.notify.notify_waiters();
-        }
-        if self
-            .channels
-            .values()
-            .all(|c| *c.link.borrow() == Link::Live)
-        {
-            self.backoff = RETRY_MIN_DELAY;
-            self.report_recovery();
-        }
-    }
-
     fn pushed(&mut self, push: PushInfo) {
         match push.kind {
             PushKind::SMessage => {
-                if let Some(channel) =
-                    channel_name(&push.data).and_then(|name| self.channels.get(name.as_str()))
-                {
-                    channel.notify.notify_one();
+                if let Some(name) = channel_name(&push.data) {
+                    self.channels.message(&name);
                 }
             }
+            // The client's own resubscription after a reconnect is confirmed this way too.
             PushKind::SSubscribe => {
                 if let Some(name) = channel_name(&push.data) {
-                    self.live(&name);
+                    self.channels.confirmed(&name, None);
                 }
             }
             // Sent for a channel this actor still wants only when its slot moved to another
             // node: subscribe again (the client finds the new owner through MOVED).
             PushKind::SUnsubscribe => {
                 if let Some(name) = channel_name(&push.data)
-                    && let Some(channel) = self.channels.get(&name)
+                    && self.channels.contains(&name)
                 {
                     tracing::debug!(
                         channel = name,
                         "lock channel's slot moved; subscribing again"
                     );
-                    channel.link.send_replace(Link::Down);
-                    channel.notify.notify_waiters();
+                    self.channels.lost(&name);
                     self.subscribe(name);
                 }
             }
@@ -342,9 +295,8 @@ impl ShardActor {
                 // The client reconnects and resubscribes that node's channels by itself; which
                 // ones those are is not said, so every waiter retries and every channel is
                 // subscribed again (a second SSUBSCRIBE of a channel changes nothing).
-                self.all_down();
-                let names: Vec<String> = self.channels.keys().cloned().collect();
-                for name in names {
+                self.channels.all_lost();
+                for name in self.channels.names() {
                     self.subscribe(name);
                 }
             }
@@ -352,23 +304,16 @@ impl ShardActor {
         }
     }
 
-    fn all_down(&mut self) {
-        for channel in self.channels.values() {
-            channel.link.send_replace(Link::Down);
-            channel.notify.notify_waiters();
-        }
-    }
-
     fn connection_lost(&mut self, why: &str) {
         self.conn = None;
         self.pushes = None;
-        self.all_down();
+        self.channels.all_lost();
         self.failed(why);
     }
 
-    /// Something failed: retry after the backoff (connect, or subscribe what is not live).
+    /// Something failed: retry after the backoff (connect, or subscribe what is down).
     fn failed(&mut self, why: &str) {
-        self.report_outage(why);
+        self.channels.report_outage(why);
         if self.retry_at.is_none() {
             tracing::debug!(reason = why, retry_in = ?self.backoff, "lock wake-up subscriber retrying");
             self.retry_at = Some(Instant::now() + self.backoff);
@@ -386,34 +331,8 @@ impl ShardActor {
             }
             return;
         }
-        let names: Vec<String> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| *c.link.borrow() == Link::Down)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in names {
+        for name in self.channels.down_names() {
             self.subscribe(name);
-        }
-    }
-
-    fn report_outage(&mut self, why: &str) {
-        if self.channels.is_empty() || self.outage_reported {
-            return;
-        }
-        self.outage_reported = true;
-        tracing::warn!(
-            reason = why,
-            "lock wake-up subscriber unavailable: waiting tasks retry every \
-             {FALLBACK_RETRY_INTERVAL:?} until it is back"
-        );
-    }
-
-    fn report_recovery(&mut self) {
-        if std::mem::take(&mut self.outage_reported) {
-            tracing::info!(
-                "lock wake-up subscriber back: waiting tasks are woken by releases again"
-            );
         }
     }
 }
@@ -430,13 +349,6 @@ fn channel_name(data: &[Value]) -> Option<String> {
 async fn next_push(pushes: &mut Option<mpsc::UnboundedReceiver<PushInfo>>) -> Option<PushInfo> {
     match pushes {
         Some(pushes) => pushes.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

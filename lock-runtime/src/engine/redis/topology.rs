@@ -21,8 +21,12 @@ const DEFAULT_SENTINEL_PORT: u16 = 26379;
 pub(crate) enum Topology {
     Single(redis::Client),
     Cluster(ClusterNodes),
-    Sentinel(SentinelClient),
+    Sentinel(SentinelClients),
 }
+
+/// Makes a client that asks the sentinels; a new one for each question, so that no connection
+/// to a sentinel stays open between failovers (nor after the locker is closed).
+pub(crate) type SentinelClients = Box<dyn Fn() -> redis::RedisResult<SentinelClient> + Send + Sync>;
 
 /// What a Cluster connection is made from: the seed nodes (their URLs carry the credentials and
 /// TLS) and a trusted root certificate, if one was given.
@@ -48,6 +52,8 @@ impl ClusterNodes {
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .push_sender(sender);
         }
+        #[cfg(not(feature = "tls"))]
+        let _ = &self.root_certificate;
         #[cfg(feature = "tls")]
         if let Some(root_cert) = &self.root_certificate {
             builder = builder.certs(redis::TlsCertificates {
@@ -290,67 +296,108 @@ fn sentinel(
             .map_err(|e| format!("sentinel `{host}`: {e}"))?;
         addrs.push(info.addr().clone());
     }
-    let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
-        .map_err(|e| e.to_string())?;
+    let mut settings = SentinelSettings {
+        addrs,
+        master,
+        db,
+        ..SentinelSettings::default()
+    };
     if let Some(userinfo) = &parts.userinfo {
         // Decoded by the client library's own URL parser.
         let info = format!("redis://{userinfo}@localhost/")
             .as_str()
             .into_connection_info()
             .map_err(|e| format!("the user or password: {e}"))?;
-        let settings = info.redis_settings();
-        if let Some(user) = settings.username() {
-            builder = builder.set_client_to_redis_username(user);
-        }
-        if let Some(password) = settings.password() {
-            builder = builder.set_client_to_redis_password(password);
-        }
-    }
-    if let Some(db) = db {
-        builder = builder.set_client_to_redis_db(db);
+        let redis = info.redis_settings();
+        settings.username = redis.username().map(str::to_owned);
+        settings.password = redis.password().map(str::to_owned);
     }
     if let Some(query) = &parts.query {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = decode(value);
-            builder = match name {
-                "sentinel_username" => builder.set_client_to_sentinel_username(value),
-                "sentinel_password" => builder.set_client_to_sentinel_password(value),
+            match name {
+                "sentinel_username" => settings.sentinel_username = Some(value),
+                "sentinel_password" => settings.sentinel_password = Some(value),
                 other => {
                     return Err(format!(
                         "unknown parameter `{other}` in a redis+sentinel URL (known: \
                          sentinel_username, sentinel_password)"
                     ));
                 }
-            };
+            }
         }
     }
     if tls {
         #[cfg(feature = "tls")]
         {
             install_crypto_provider();
+            settings.tls = true;
+            settings.root_certificate = root_certificate;
+        }
+        #[cfg(not(feature = "tls"))]
+        return Err("rediss+sentinel URLs need the `tls` feature".into());
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = root_certificate;
+    // Checked now, so that a bad setting is named at build rather than at connect.
+    settings.client().map_err(|e| e.to_string())?;
+    Ok(Topology::Sentinel(Box::new(move || settings.client())))
+}
+
+/// What a Sentinel client is made from.
+#[derive(Default)]
+struct SentinelSettings {
+    addrs: Vec<redis::ConnectionAddr>,
+    master: String,
+    db: Option<i64>,
+    username: Option<String>,
+    password: Option<String>,
+    sentinel_username: Option<String>,
+    sentinel_password: Option<String>,
+    tls: bool,
+    root_certificate: Option<Vec<u8>>,
+}
+
+impl SentinelSettings {
+    fn client(&self) -> redis::RedisResult<SentinelClient> {
+        let mut builder = SentinelClientBuilder::new(
+            self.addrs.iter().cloned(),
+            &self.master,
+            SentinelServerType::Master,
+        )?;
+        if let Some(user) = &self.username {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = &self.password {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some(db) = self.db {
+            builder = builder.set_client_to_redis_db(db);
+        }
+        if let Some(user) = &self.sentinel_username {
+            builder = builder.set_client_to_sentinel_username(user);
+        }
+        if let Some(password) = &self.sentinel_password {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+        if self.tls {
             builder = builder
                 .set_client_to_redis_tls_mode(TlsMode::Secure)
                 .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-            if let Some(root_cert) = root_certificate {
+            #[cfg(feature = "tls")]
+            if let Some(root_cert) = &self.root_certificate {
                 let certs = redis::TlsCertificates {
                     client_tls: None,
-                    root_cert: Some(root_cert),
+                    root_cert: Some(root_cert.clone()),
                 };
                 builder = builder
                     .set_client_to_redis_certificates(certs.clone())
                     .set_client_to_sentinel_certificates(certs);
             }
         }
-        #[cfg(not(feature = "tls"))]
-        return Err("rediss+sentinel URLs need the `tls` feature".into());
+        builder.build()
     }
-    #[cfg(not(feature = "tls"))]
-    let _ = (root_certificate, TlsMode::Secure);
-    builder
-        .build()
-        .map(Topology::Sentinel)
-        .map_err(|e| e.to_string())
 }
 
 /// Percent-decoding of a query value, through the URL parser the crate already uses.

@@ -19,10 +19,8 @@
 //! The actor runs on the runtime that started it. When that runtime is gone (a locker kept in a
 //! static and used from the next runtime), the next waiter starts a new actor on its own runtime.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -32,10 +30,11 @@ use redis::aio::{PubSub, PubSubSink, PubSubStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::channels::{self, Channels, Registered, sleep_until};
 use super::connection::SentinelSource;
 use super::topology::ClusterNodes;
 use super::{checks, shard_waiters};
-use crate::engine::{FALLBACK_RETRY_INTERVAL, Link, Subscription, Unregister};
+use crate::engine::{Link, Subscription, Unregister};
 use crate::mutex::lock;
 
 /// First pause before reconnecting a lost subscriber connection; doubles up to the maximum.
@@ -90,11 +89,6 @@ pub(super) enum Command {
     },
     /// The locker was closed: end the task and its connection.
     Stop,
-}
-
-pub(super) struct Registered {
-    pub(super) notify: Arc<Notify>,
-    pub(super) link: watch::Receiver<Link>,
 }
 
 pub(crate) struct Waiters {
@@ -203,13 +197,6 @@ pub(super) fn down() -> watch::Receiver<Link> {
     watch::channel(Link::Down).1
 }
 
-/// One subscribed channel: its waiters' wake-up, whether releases reach them, how many there are.
-pub(super) struct Channel {
-    pub(super) notify: Arc<Notify>,
-    pub(super) link: watch::Sender<Link>,
-    pub(super) waiters: usize,
-}
-
 struct Connection {
     sink: PubSubSink,
     stream: PubSubStream,
@@ -241,12 +228,10 @@ struct Actor {
     generation: u64,
     connecting: bool,
     ping_in_flight: bool,
-    channels: HashMap<String, Channel>,
+    channels: Channels,
     in_flight: FuturesUnordered<BoxFuture<'static, Done>>,
     reconnect_at: Option<Instant>,
     backoff: Duration,
-    /// Waiters are without wake-ups and a WARN said so: one per outage.
-    outage_reported: bool,
 }
 
 impl Actor {
@@ -261,11 +246,10 @@ impl Actor {
             generation: 0,
             connecting: false,
             ping_in_flight: false,
-            channels: HashMap::new(),
+            channels: Channels::default(),
             in_flight: FuturesUnordered::new(),
             reconnect_at: None,
             backoff: RECONNECT_MIN_DELAY,
-            outage_reported: false,
         };
         if let Some(conn) = conn {
             actor.connected(conn);
@@ -291,11 +275,7 @@ impl Actor {
                     Some(Command::Stop) | None => return,
                 },
                 message = next_message(&mut self.conn) => match message {
-                    Some(message) => {
-                        if let Some(channel) = self.channels.get(message.get_channel_name()) {
-                            channel.notify.notify_one();
-                        }
-                    }
+                    Some(message) => self.channels.message(message.get_channel_name()),
                     None => self.connection_lost("the subscriber connection closed".to_owned()),
                 },
                 Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
@@ -316,28 +296,13 @@ impl Actor {
     fn register(&mut self, name: String) -> Registered {
         // Down only while a reconnect waits for its backoff: nothing will come sooner.
         let backing_off = self.conn.is_none() && !self.connecting && self.reconnect_at.is_some();
-        let channel = self
-            .channels
-            .entry(name.clone())
-            .or_insert_with(|| Channel {
-                notify: Arc::new(Notify::new()),
-                link: watch::Sender::new(if backing_off {
-                    Link::Down
-                } else {
-                    Link::Pending
-                }),
-                waiters: 0,
-            });
-        channel.waiters += 1;
-        let registered = Registered {
-            notify: Arc::clone(&channel.notify),
-            link: channel.link.subscribe(),
-        };
-        if channel.waiters == 1 {
+        let (registered, first) = self.channels.join(&name, backing_off);
+        if first {
             if self.conn.is_some() {
                 self.send_subscribe(vec![name]);
             } else if backing_off {
-                self.report_outage("the subscriber connection is down");
+                self.channels
+                    .report_outage("the subscriber connection is down");
             } else if !self.connecting {
                 self.connect(); // the first waiter, or the first since the outage ended
             }
@@ -346,14 +311,9 @@ impl Actor {
     }
 
     fn unregister(&mut self, name: String) {
-        let Some(channel) = self.channels.get_mut(&name) else {
-            return;
-        };
-        channel.waiters -= 1;
-        if channel.waiters > 0 {
+        if !self.channels.leave(&name) {
             return;
         }
-        self.channels.remove(&name);
         let Some(conn) = &self.conn else {
             return;
         };
@@ -372,11 +332,7 @@ impl Actor {
         let mut sink = conn.sink.clone();
         let channels: Vec<(String, Arc<Notify>)> = names
             .iter()
-            .filter_map(|n| {
-                self.channels
-                    .get(n)
-                    .map(|c| (n.clone(), Arc::clone(&c.notify)))
-            })
+            .filter_map(|n| self.channels.identity(n).map(|id| (n.clone(), id)))
             .collect();
         let (generation, timeout) = (self.generation, self.settings.response_timeout);
         self.start(async move {
@@ -422,18 +378,11 @@ impl Actor {
         });
     }
 
-    /// Runs `request` beside the actor. It is polled once right here: a request is queued on the
-    /// connection at its first poll, and this keeps them in the order they were made (an
-    /// UNSUBSCRIBE and a later SUBSCRIBE of one channel must not swap).
+    /// Runs `request` beside the actor (see [`channels::start`]).
     fn start(&mut self, request: impl Future<Output = Done> + Send + 'static) {
-        let mut request: BoxFuture<'static, Done> = Box::pin(request);
-        match request
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-        {
-            Poll::Ready(done) => self.finish(done),
-            // `FuturesUnordered` polls it again with the actor's own waker.
-            Poll::Pending => self.in_flight.push(request),
+        match channels::start(request) {
+            Ok(done) => self.finish(done),
+            Err(pending) => self.in_flight.push(pending),
         }
     }
 
@@ -477,32 +426,18 @@ impl Actor {
         self.ping_in_flight = false;
         self.backoff = RECONNECT_MIN_DELAY;
         tracing::debug!("lock wake-up subscriber connected");
-        let names: Vec<String> = self.channels.keys().cloned().collect();
+        let names = self.channels.names();
         if names.is_empty() {
-            self.report_recovery();
+            self.channels.report_recovery();
         } else {
             self.send_subscribe(names);
         }
     }
 
     fn subscribed(&mut self, channels: Vec<(String, Arc<Notify>)>) {
-        for (name, notify) in channels {
+        for (name, identity) in channels {
             // A channel left and registered again since has its own SUBSCRIBE under way.
-            if let Some(channel) = self.channels.get(&name)
-                && Arc::ptr_eq(&channel.notify, &notify)
-            {
-                channel.link.send_replace(Link::Live);
-                // A waiter that retried before the subscription took effect saw the lock busy
-                // and may have missed its release: all retry once more.
-                channel.notify.notify_waiters();
-            }
-        }
-        if self
-            .channels
-            .values()
-            .all(|c| *c.link.borrow() == Link::Live)
-        {
-            self.report_recovery();
+            self.channels.confirmed(&name, Some(&identity));
         }
     }
 
@@ -510,43 +445,17 @@ impl Actor {
         self.conn = None;
         self.generation += 1;
         self.ping_in_flight = false;
-        // Releases published from now on are missed: everyone retries, and keeps retrying at a
-        // steady pace until the channel is subscribed again.
-        for channel in self.channels.values() {
-            channel.link.send_replace(Link::Down);
-            channel.notify.notify_waiters();
-        }
+        // Releases published from now on are missed.
+        self.channels.all_lost();
         self.connect_failed(&why);
     }
 
     fn connect_failed(&mut self, why: &str) {
-        for channel in self.channels.values() {
-            channel.link.send_replace(Link::Down);
-        }
-        self.report_outage(why);
+        self.channels.all_down();
+        self.channels.report_outage(why);
         tracing::debug!(reason = why, retry_in = ?self.backoff, "lock wake-up subscriber reconnecting");
         self.reconnect_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(RECONNECT_MAX_DELAY);
-    }
-
-    fn report_outage(&mut self, why: &str) {
-        if self.channels.is_empty() || self.outage_reported {
-            return;
-        }
-        self.outage_reported = true;
-        tracing::warn!(
-            reason = why,
-            "lock wake-up subscriber unavailable: waiting tasks retry every \
-             {FALLBACK_RETRY_INTERVAL:?} until it is back"
-        );
-    }
-
-    fn report_recovery(&mut self) {
-        if std::mem::take(&mut self.outage_reported) {
-            tracing::info!(
-                "lock wake-up subscriber back: waiting tasks are woken by releases again"
-            );
-        }
     }
 }
 
@@ -565,13 +474,6 @@ pub(super) async fn bounded<T>(
 async fn next_message(conn: &mut Option<Connection>) -> Option<redis::Msg> {
     match conn {
         Some(conn) => conn.stream.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
