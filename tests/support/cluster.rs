@@ -28,14 +28,18 @@ const SLOTS: u16 = 16384;
 /// about two of these, so a failover test stays short; 1 s still rides out a scheduling hiccup
 /// of a loaded 2-core machine (a node must miss a whole second of pings, seen by a majority).
 const NODE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The node timeout while the cluster forms: a node forgets a handshake that has not completed
+/// within the node timeout, and `redis-cli --cluster create` never sends its MEET again, so on a
+/// loaded machine 1 s can leave it waiting for the join forever (seen once). Redis's default.
+const FORMING_NODE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Until a fresh cluster, or one after a change, is whole: gossip and replica syncs on a loaded
 /// 2-core CI machine take a few seconds; 30 s means something is broken.
 const SETTLE_BOUND: Duration = Duration::from_secs(30);
 /// Until a replica has taken over a killed primary: detection (2 x NODE_TIMEOUT), the election
 /// delay (0.5-1 s plus rank), the vote; 30 s leaves room for a loaded machine.
 const FAILOVER_BOUND: Duration = Duration::from_secs(30);
-/// `redis-cli --cluster create` waits for the nodes to agree; it never needs this long.
-const CREATE_BOUND: Duration = Duration::from_secs(60);
+/// `redis-cli --cluster create` waits for the nodes to agree: a few seconds, even loaded.
+const CREATE_BOUND: Duration = Duration::from_secs(30);
 /// Keys moved per MIGRATE while resharding, and how long one MIGRATE may take.
 const MIGRATE_BATCH: usize = 100;
 const MIGRATE_TIMEOUT_MS: u64 = 5000;
@@ -117,7 +121,7 @@ impl RedisCluster {
     fn launch(proxied: bool) -> Self {
         let started = Instant::now();
         let count = PRIMARIES * (1 + REPLICAS_PER_PRIMARY);
-        let node_timeout = NODE_TIMEOUT.as_millis().to_string();
+        let node_timeout = FORMING_NODE_TIMEOUT.as_millis().to_string();
         let mut servers = Vec::new();
         for _ in 0..count {
             // The bus port explicitly: the default (port + 10000) may be taken, or past 65535.
@@ -131,6 +135,10 @@ impl RedisCluster {
                 &node_timeout,
                 "--cluster-port",
                 &bus_port,
+                // A replica's first sync starts at once, not after the default 5 s wait for
+                // more replicas to share it.
+                "--repl-diskless-sync-delay",
+                "0",
             ]));
         }
         let proxies: Vec<Option<Proxy>> = servers
@@ -164,6 +172,17 @@ impl RedisCluster {
             nodes,
             seeds: Vec::new(),
         };
+        // The nodes have met (redis-cli waited for that). Before the state turns ok: a primary
+        // that saw itself in a minority (as each did, alone) waits up to a node timeout first.
+        for node in &cluster.nodes {
+            let () = must(
+                node.port,
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("cluster-node-timeout")
+                    .arg(NODE_TIMEOUT.as_millis() as u64),
+            );
+        }
         cluster.wait_until_healthy();
         cluster.seeds = cluster
             .primaries()
@@ -483,8 +502,12 @@ fn create(servers: &[RedisServer]) {
         }
         if started.elapsed() > CREATE_BOUND {
             let _ = child.kill();
-            let _ = child.wait();
-            panic!("redis-cli --cluster create did not end within {CREATE_BOUND:?}");
+            let output = child.wait_with_output().expect("redis-cli output");
+            panic!(
+                "redis-cli --cluster create did not end within {CREATE_BOUND:?}\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
