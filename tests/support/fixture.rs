@@ -161,23 +161,7 @@ impl Fixture {
 /// Behaviours that fail on an engine because of a library bug, as (engine, behaviour, the bug).
 /// Each runs and must still fail: once the bug is fixed its test fails, saying to remove the
 /// line here.
-const KNOWN_FAILURES: &[(&str, &str, &str)] = &[
-    (
-        "cluster",
-        "unusual_keys_lock_distinct_resources",
-        "releasing the lock of the key \"}\" still fails with 'Script attempted to access a non \
-         local key in a cluster node script' at release.lua:22 (the SPUBLISH), with the `P{~K~` \
-         naming of 6b67a82 in place",
-    ),
-    (
-        "sentinel",
-        "close_stops_the_lockers_connections",
-        "close() itself opens one connection to each sentinel (unnamed, last command SENTINEL \
-         MASTERS, age 0 right after close; none exist before it) and they stay open past the 10 s \
-         bound, held by the test process (ss): a question to the sentinels started at close that \
-         is neither finished nor dropped",
-    ),
-];
+const KNOWN_FAILURES: &[(&str, &str, &str)] = &[];
 
 /// Runs `behaviour` (named `name`) on the fixture `fixture` makes, on engine `engine`, on a
 /// runtime of its own (as `#[tokio::test(flavor = "multi_thread", worker_threads = 4)]` would),
