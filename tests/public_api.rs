@@ -74,7 +74,8 @@ async fn an_unreachable_server_is_a_connection_error() {
     assert!(err.source().is_some(), "{err:?}");
 }
 
-/// Cluster and Sentinel URLs that cannot work say why at `build`, without echoing the password;
+/// Cluster and Sentinel URLs that cannot work say why at `build`, without echoing the password
+/// (a key prefix with a brace cannot work on a Cluster either);
 /// nodes nobody listens on are a connection error within the connect timeout, not a hang.
 #[tokio::test]
 async fn bad_or_unreachable_cluster_and_sentinel_urls_are_clear_errors() {
@@ -83,6 +84,10 @@ async fn bad_or_unreachable_cluster_and_sentinel_urls_are_clear_errors() {
         ("redis+cluster://:hunter2@a:1/5", "database 0"),
         ("redis+sentinel://:hunter2@a:26379", "<master name>"),
         ("redis+sentinel://a:26379/m?color=blue", "unknown parameter"),
+        (
+            "redis+cluster://:hunter2@a:7000?pass=hunter2",
+            "no query parameters",
+        ),
     ] {
         let err = Locker::connect(url).await.unwrap_err();
         let text = err.to_string();
@@ -94,6 +99,22 @@ async fn bad_or_unreachable_cluster_and_sentinel_urls_are_clear_errors() {
         assert!(text.contains("redis+cluster://"), "names the forms: {text}");
         assert!(!text.contains("hunter2"), "the password leaked: {text}");
     }
+    let err = Locker::builder("redis+cluster://127.0.0.1:1/")
+        .key_prefix("{app}:")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("brace"), "{err}");
+    let err = Locker::builder("redis://127.0.0.1:1/")
+        .replica_acks(Duration::from_secs(3))
+        .response_timeout(Duration::from_secs(3))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("shorter than response_timeout"),
+        "{err}"
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -166,6 +187,12 @@ fn a_builders_debug_shows_its_settings_but_never_the_password() {
         assert!(debug.contains(shown), "{url}: {debug}");
         assert!(debug.contains("billing:lock:"), "{debug}");
     }
+    let debug = format!(
+        "{:?}",
+        Locker::cluster_builder(["billing:hunter2@a:7000", "b:7000"])
+    );
+    assert!(!debug.contains("hunter2"), "the password leaked: {debug}");
+    assert!(debug.contains("billing:***@a:7000"), "{debug}");
     let debug = format!("{:?}", Locker::in_memory_builder());
     assert!(debug.contains("in memory"), "{debug}");
 }

@@ -813,3 +813,54 @@ async fn a_lock_kept_for_hold_at_least_is_nobodys() {
         .unwrap();
     assert!(pttl > 0 && pttl <= 5_000, "{pttl}");
 }
+
+/// A Cluster client sends a request again after a connection reset, so the acquire script may
+/// run twice for one attempt: the second run must answer "taken", with the first run's fencing
+/// number, not "busy" (the caller would then wait on its own lock). Likewise for a hand-over.
+#[tokio::test]
+async fn the_acquire_script_run_twice_answers_taken_both_times() {
+    let server = RedisServer::start();
+    let mut conn = server.client().await;
+    let script = redis::Script::new(include_str!("../lock-runtime/src/engine/redis/acquire.lua"));
+    let token = "0123456789abcdef0123456789abcdef";
+    let first: Vec<i64> = script
+        .key("lock:{twice}")
+        .arg(token)
+        .arg(30_000)
+        .arg("label")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    let second: Vec<i64> = script
+        .key("lock:{twice}")
+        .arg(token)
+        .arg(30_000)
+        .arg("label")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(first[0], 1, "{first:?}");
+    assert_eq!(second, first, "a second run of the same acquire");
+    let taker = "fedcba9876543210fedcba9876543210";
+    let handed: Vec<i64> = script
+        .key("lock:{twice}")
+        .arg(taker)
+        .arg(30_000)
+        .arg("label")
+        .arg(token)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    let again: Vec<i64> = script
+        .key("lock:{twice}")
+        .arg(taker)
+        .arg(30_000)
+        .arg("label")
+        .arg(token)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(handed[0], 1, "{handed:?}");
+    assert!(handed[1] > first[1], "{handed:?} after {first:?}");
+    assert_eq!(again, handed, "a second run of the same hand-over");
+}

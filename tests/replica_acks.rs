@@ -200,6 +200,18 @@ async fn a_per_lock_bound_asks_for_acknowledgement_on_a_locker_without_one() {
         matches!(&error, LockError::Backend { source, .. } if source.is_not_replicated()),
         "{error:?}"
     );
+    // A bound the response timeout (3 s by default) would cut short is refused.
+    let error = locker
+        .acquire(
+            "too-long",
+            LockOptions::new().replica_acks(Duration::from_secs(3)),
+        )
+        .await
+        .expect_err("WAIT could not answer within the response timeout");
+    assert!(
+        matches!(&error, LockError::InvalidOptions { .. }),
+        "{error:?}"
+    );
     // The locker's own default (none) still grants at once.
     let guard = locker
         .acquire(
@@ -228,4 +240,83 @@ async fn a_zero_bound_is_refused() {
         .await
         .expect_err("zero is no bound");
     assert!(error.to_string().contains("replica_acks"), "{error}");
+}
+
+/// A release that hands the lock to a waiting task of the same locker, when the replicas do not
+/// acknowledge the hand-over: the releaser's hold did end, so its release succeeds; the waiter is
+/// not handed a lock it cannot trust, and its own acknowledged attempt fails as not replicated.
+#[tokio::test]
+async fn an_unacknowledged_hand_over_is_still_a_clean_release() {
+    let (primary, replica) = primary_and_replica().await;
+    let locker = Locker::builder(primary.url())
+        .replica_acks(STOPPED_ACKS_WITHIN)
+        .build()
+        .await
+        .unwrap();
+    let holder = locker
+        .acquire("handed", LockOptions::new().lease(LEASE))
+        .await
+        .unwrap();
+    let waiting = {
+        let locker = locker.clone();
+        tokio::spawn(async move {
+            locker
+                .acquire(
+                    "handed",
+                    LockOptions::new().wait(Duration::from_secs(5)).lease(LEASE),
+                )
+                .await
+        })
+    };
+    primary.wait_until_subscribed("handed").await;
+    let stopped = Stopped::stop(&replica);
+    holder
+        .release()
+        .await
+        .expect("the holder's release ended its hold: not an error");
+    let waited = waiting.await.unwrap();
+    match &waited {
+        Err(LockError::Backend { source, .. }) if source.is_not_replicated() => {}
+        other => panic!("the waiter got {other:?}, not a not-replicated error"),
+    }
+    drop(stopped);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while value(&primary, "lock:{handed}").await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the unacknowledged lock is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A user who may take locks but not send WAIT: a locker asked to wait for replicas says so at
+/// connect, naming the grant, instead of failing every acquisition later. The control connects
+/// the same user without the option.
+#[tokio::test]
+async fn a_user_without_wait_is_told_at_connect() {
+    let server = RedisServer::start();
+    let mut admin = server.client().await;
+    let () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", "locks", "on", ">pw", "~*", "&*", "+@all", "-wait",
+        ])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("redis://locks:pw@127.0.0.1:{}/", server.port());
+    Locker::connect(&url)
+        .await
+        .expect("the control: no WAIT needed");
+    let error = Locker::builder(url.as_str())
+        .replica_acks(ACKS_WITHIN)
+        .build()
+        .await
+        .expect_err("WAIT is denied");
+    let text = error.to_string();
+    assert!(text.contains("WAIT") && text.contains("+wait"), "{text}");
+    assert!(
+        matches!(&error, LockError::Backend { source, .. } if source.server_code() == Some("NOPERM")),
+        "{error:?}"
+    );
 }

@@ -198,7 +198,8 @@ impl BackendError {
     /// True when replica acknowledgement was asked for ([`LockOptions::replica_acks`],
     /// [`LockerBuilder::replica_acks`]) and fewer of the connected replicas than all acknowledged
     /// the write in time. An acquisition that ends so was given up again (the lock is not held);
-    /// a renewal that ends so is retried like any failed renewal.
+    /// a watchdog renewal that ends so is retried like any failed renewal, and
+    /// [`LockGuard::extend`](crate::LockGuard::extend) returns it.
     ///
     /// [`LockOptions::replica_acks`]: crate::LockOptions::replica_acks
     /// [`LockerBuilder::replica_acks`]: crate::LockerBuilder::replica_acks
@@ -279,10 +280,15 @@ impl fmt::Display for BackendError {
                 within,
             } => write!(
                 f,
-                "only {acknowledged} of the {connected} replicas connected to the primary \
+                "only {acknowledged} of the {connected} replicas online at the primary \
                  acknowledged {what} within {within:?}; a failover now could lose it, so it does \
-                 not count (an acquisition was given up again): check the replicas' links and \
-                 lag, or allow longer with `replica_acks`"
+                 not count{}: check the replicas' links and lag, or allow longer with \
+                 `replica_acks`",
+                if *what == "the lock" {
+                    " (the lock was given up again)"
+                } else {
+                    ""
+                }
             ),
         }
     }

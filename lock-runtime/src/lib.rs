@@ -37,8 +37,8 @@
 //! Sentinel the locker talks to the primary the sentinels name, and asks them again after a lost
 //! connection, a timeout or a `READONLY` refusal. With replica acknowledgement
 //! ([`LockerBuilder::replica_acks`], [`LockOptions::replica_acks`]) an acquisition, hand-over or
-//! renewal is followed by `WAIT` for every connected replica in the same round trip, and counts
-//! only once they all have it.
+//! renewal is followed by `WAIT` for every online replica in the same round trip (one more when
+//! the number of replicas changed since the last step), and counts only once they all have it.
 //!
 //! Fencing numbers follow the server clock, so they need no counter and keep growing across
 //! release, expiry, a restart with or without persistence, a restore from a snapshot, `FLUSHALL`,
@@ -50,7 +50,8 @@
 //! Waiters subscribe to `P{K}:released` before retrying, through one subscriber connection per
 //! [`Locker`] shared by all waiting tasks, and sleep until a message or the holder's expiry. The
 //! subscriber connection is PINGed every [`LockerBuilder::subscriber_health_check`] (a half-open
-//! one is replaced within twice that); a waiter whose subscription does not work retries every
+//! one is replaced within twice that; not on a Cluster, whose nodes' connections are the client
+//! library's); a waiter whose subscription does not work retries every
 //! [`FALLBACK_RETRY_INTERVAL`] instead.
 //! Tasks of one [`Locker`] that wait for the same key also queue in arrival order: a release
 //! through that locker passes the lock straight to the first of them (a hand-over: one round

@@ -518,6 +518,26 @@ impl LockerBuilder {
                 root_certificate,
             )),
         };
+        if matches!(topology, Some(Ok(topology::Topology::Cluster(_))))
+            && self.key_prefix.contains(['{', '}'])
+        {
+            return Err(invalid(format!(
+                "key_prefix {:?} has a brace: on a Redis Cluster the lock's own `{{key}}` must be \
+                 the hash tag of its name and its channel, so they share a slot; leave braces out \
+                 of the prefix",
+                self.key_prefix
+            )));
+        }
+        if topology.is_some()
+            && let Some(within) = self.replica_acks
+            && within >= self.response_timeout
+        {
+            return Err(invalid(format!(
+                "replica_acks {within:?} must be shorter than response_timeout {:?}: a step is \
+                 abandoned when the response timeout ends, before WAIT would answer",
+                self.response_timeout
+            )));
+        }
         let engine: Arc<dyn Engine> = match topology {
             None => Arc::new(MemoryEngine::with_holder(&holder_label)),
             Some(topology) => {
@@ -528,6 +548,7 @@ impl LockerBuilder {
                     response_timeout: self.response_timeout,
                     health_check: self.subscriber_health_check,
                     holder_label,
+                    replica_acks: self.replica_acks,
                 };
                 Arc::new(
                     RedisEngine::connect(topology, settings)
@@ -554,10 +575,10 @@ impl fmt::Debug for LockerBuilder {
         let mut out = f.debug_struct("LockerBuilder");
         match &self.target {
             Target::Redis(url) => out.field("url", &redacted(url)),
-            Target::Cluster(nodes) => out.field("cluster", nodes),
-            Target::Sentinel { sentinels, master } => {
-                out.field("sentinels", sentinels).field("master", master)
-            }
+            Target::Cluster(nodes) => out.field("cluster", &redacted_nodes(nodes)),
+            Target::Sentinel { sentinels, master } => out
+                .field("sentinels", &redacted_nodes(sentinels))
+                .field("master", master),
             Target::Memory => out.field("backend", &"in memory"),
         };
         out.field("key_prefix", &self.key_prefix)
@@ -578,6 +599,13 @@ impl fmt::Debug for LockerBuilder {
         );
         out.finish()
     }
+}
+
+fn redacted_nodes(nodes: &[String]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|node| topology::redact_node(node, REDACTED))
+        .collect()
 }
 
 /// The URL with its password (in the user info, or the `pass` query parameter of a

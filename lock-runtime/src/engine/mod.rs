@@ -140,6 +140,12 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// fails and never waits long: the waiter's deadline bounds it from outside too.
     fn subscribe<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Subscription>;
 
+    /// The longest replica acknowledgement bound a step can wait for, if there is one: a step
+    /// must be answered within the engine's response timeout, so WAIT's bound must be shorter.
+    fn replica_wait_limit(&self) -> Option<Duration> {
+        None
+    }
+
     /// The locker was closed (`Locker::close`): stop background work and let connections go. A
     /// later call, if any, may start them again.
     fn close(&self) {}

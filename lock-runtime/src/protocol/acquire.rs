@@ -32,6 +32,7 @@ pub(crate) async fn acquire(
 ) -> Result<Arc<HeldLock>, LockError> {
     validate_key(key)?;
     options.validate(key)?;
+    check_replica_wait(shared, key, options.replicas(shared.replica_acks))?;
     if let Some(held) = reenter(shared, key, options).await? {
         return Ok(held);
     }
@@ -286,6 +287,27 @@ impl Drop for InFlight<'_> {
             self.token.to_owned(),
             "a cancelled acquire",
         );
+    }
+}
+
+/// A replica acknowledgement bound the engine can wait for: WAIT answers within its bound, and a
+/// step not answered within the response timeout is abandoned (as a timeout, not as "not
+/// replicated").
+pub(crate) fn check_replica_wait(
+    shared: &Shared,
+    key: &str,
+    replicas: Option<Duration>,
+) -> Result<(), LockError> {
+    match (replicas, shared.engine.replica_wait_limit()) {
+        (Some(within), Some(limit)) if within >= limit => Err(LockError::InvalidOptions {
+            key: Some(key.to_owned()),
+            reason: format!(
+                "replica_acks {within:?} must be shorter than the response timeout {limit:?}: a \
+                 step is abandoned when the response timeout ends, before WAIT would answer; \
+                 shorten replica_acks or lengthen response_timeout"
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 

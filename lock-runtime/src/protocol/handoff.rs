@@ -115,6 +115,16 @@ pub(crate) async fn hand_over_or_release(
         }
         // `next` is dropped: its task learns that nothing was handed, and asks again.
         Ok(None) => Ok(Released::NotOwner),
+        // Passed on, but not to every replica in time: the giver's hold did end, so its release
+        // is done; the taker's lock is given up again, and its task asks again.
+        Err(error) if error.is_not_replicated() => {
+            shared.release_in_background(
+                held.key.clone(),
+                next.token.clone(),
+                "a hand-over the replicas did not acknowledge",
+            );
+            Ok(Released::Done)
+        }
         Err(error) => {
             // No answer: the lock may have passed to `next`, whose task is told nothing was
             // handed and asks again; so give it up on the task's behalf.

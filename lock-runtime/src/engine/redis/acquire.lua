@@ -8,6 +8,8 @@
 -- Returns {1, fencing number} when taken; {0, PTTL of the current holder} when busy;
 -- {-1, PTTL} when the name holds a value that is not one of our locks;
 -- {0, -2} for a hand-over whose giver no longer holds the lock (nothing changed).
+-- A lock ARGV[1] already holds is answered {1, its fencing number}, changing nothing: the Cluster
+-- client sends a request again after a connection reset, and the first run may have taken it.
 --
 -- The fencing number is the server clock in microseconds, or for a hand-over the giver's number
 -- + 1 when that is higher. No counter has to outlive the lock, and a server that forgot or went
@@ -34,6 +36,9 @@ if not ARGV[4] then
   -- 32-hex-digit token is a lock of an earlier version (one with a separate fence counter), held
   -- during a rolling upgrade: it is waited for like any other, and so is one without a label.
   local held = redis.pcall('GET', KEYS[1])
+  if type(held) == 'string' and string.sub(held, 1, #ARGV[1]) == ARGV[1] then
+    return {1, tonumber(string.match(held, '^:(%d+)', #ARGV[1] + 1)) or 0}
+  end
   local pttl = redis.call('PTTL', KEYS[1])
   if type(held) ~= 'string'
       or not (string.find(held, '^%x+:%d+$') or string.find(held, '^%x+:%d+:')
@@ -43,6 +48,9 @@ if not ARGV[4] then
   return {0, pttl}
 end
 local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #ARGV[1]) == ARGV[1] then
+  return {1, tonumber(string.match(held, '^:(%d+)', #ARGV[1] + 1)) or 0}
+end
 if not held or string.sub(held, 1, #ARGV[4]) ~= ARGV[4] then
   return {0, -2}
 end

@@ -160,6 +160,34 @@ async fn plain_probe(
     Ok(pubsub)
 }
 
+/// With replica acknowledgement asked for: checks that the user may run what it sends (WAIT and
+/// INFO replication), so that a refusal shows at connect, not as every acquisition failing.
+pub(super) async fn check_replica_commands(
+    conn: &mut Conn,
+    response_timeout: Duration,
+) -> Result<(), BackendError> {
+    let mut probe = redis::pipe();
+    // WAIT for no replica answers at once; its timeout is never reached.
+    probe
+        .cmd("WAIT")
+        .arg(0)
+        .arg(1)
+        .cmd("INFO")
+        .arg("replication");
+    let ask = probe.query_async::<(i64, String)>(conn);
+    let answer = match tokio::time::timeout(response_timeout, ask).await {
+        Ok(answer) => answer.map_err(BackendError::redis),
+        Err(_) => Err(BackendError::timeout(response_timeout, "checking WAIT")),
+    };
+    answer.map(drop).map_err(|error| {
+        refused(
+            error,
+            "wait for replica acknowledgements (WAIT, INFO replication), which `replica_acks` needs",
+            "grant them with `ACL SETUSER <user> +wait +info`",
+        )
+    })
+}
+
 /// A refusal to load or run the lock scripts, which touch the keys under `prefix`.
 pub(super) fn scripts_refused(error: BackendError, prefix: &str) -> BackendError {
     refused(

@@ -5,7 +5,7 @@
 //! A connection's I/O runs in a task of the runtime it was made on. A locker outlives that
 //! runtime when it is kept in a static or installed and then used from another one (the next
 //! `#[tokio::test]`): its connection is then dead ("broken pipe"), and is made anew on the
-//! runtime of the next caller. A sentinel task on the old runtime is how that is noticed: it
+//! runtime of the next caller. A liveness task on the old runtime is how that is noticed: it
 //! ends with its runtime.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,7 +138,7 @@ const CLUSTER_REBUILD_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// How long making a new cluster connection beside the current one may take.
 const CLUSTER_REBUILD_BOUND: Duration = Duration::from_secs(10);
 
-/// A connection and the sentinel task on the runtime that drives it.
+/// A connection and a liveness task on the runtime that drives it.
 struct Driven {
     conn: Conn,
     runtime_alive: oneshot::Receiver<()>,

@@ -1,8 +1,11 @@
-//! Single Redis server: one script call per step, waiters woken by pub/sub.
+//! Redis: one server, a Cluster, or the primary Sentinel names; one script call per step, waiters
+//! woken by pub/sub (sharded pub/sub on a Cluster). The topologies differ only in the connection
+//! (`connection`), the subscriber (`waiters`, `shard_waiters`) and the publish command.
 //!
 //! Names for a lock `K` under prefix `P` (default `lock:`):
 //! - `P{K}`: the lock, the only key: `<owner token>:<fencing number>:<holder label>` (the label
-//!   and its `:` left out when empty) with a PX expiry;
+//!   and its `:` left out when empty) with a PX expiry; on a Cluster, a `K` that starts with `}`
+//!   is named `P{~K~` instead (see `lock_key`);
 //! - channel `P{K}:released`: a message on every release.
 //!
 //! The fencing number is the server clock in microseconds at the acquisition (or the previous
@@ -53,6 +56,9 @@ pub(crate) struct RedisSettings {
     pub(crate) health_check: Duration,
     /// Recorded with every lock taken (empty: none).
     pub(crate) holder_label: String,
+    /// The builder's replica acknowledgement default: when set, connecting checks that the
+    /// user may send what it needs.
+    pub(crate) replica_acks: Option<Duration>,
 }
 
 pub(crate) struct RedisEngine {
@@ -178,6 +184,9 @@ impl RedisEngine {
             .release(checks::PROBE_KEY, checks::PROBE_KEY, None)
             .await
             .map_err(|e| checks::scripts_refused(e, &backend.prefix))?;
+        if settings.replica_acks.is_some() {
+            checks::check_replica_commands(&mut conn, settings.response_timeout).await?;
+        }
         checks::warn_if_evicting(&mut conn, settings.response_timeout).await;
         Ok(backend)
     }
@@ -467,6 +476,10 @@ impl Engine for RedisEngine {
 
     fn close(&self) {
         RedisEngine::close(self);
+    }
+
+    fn replica_wait_limit(&self) -> Option<Duration> {
+        Some(self.response_timeout)
     }
 
     fn inspect<'a>(

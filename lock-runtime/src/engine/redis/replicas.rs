@@ -78,12 +78,15 @@ pub(super) fn slot(name: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tagged.as_bytes()) % SLOTS
 }
 
-/// `connected_slaves` from the text of `INFO replication`; 0 when absent (not a primary).
+/// The replicas of `INFO replication` that are online (`slaveN:...,state=online,...`): the ones
+/// WAIT counts. One still in its first sync is connected but cannot acknowledge yet, and an
+/// acknowledged step waits for it only once it can.
 pub(super) fn connected_replicas(info: &str) -> u64 {
-    info.lines()
-        .find_map(|line| line.strip_prefix("connected_slaves:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    let online = info
+        .lines()
+        .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+        .count();
+    u64::try_from(online).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -124,8 +127,10 @@ mod tests {
 
     #[test]
     fn info_gives_the_connected_replicas() {
-        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nslave0:ip=..\r\n";
-        assert_eq!(connected_replicas(info), 2);
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+                    slave0:ip=127.0.0.1,port=7001,state=online,offset=42,lag=0\r\n\
+                    slave1:ip=127.0.0.1,port=7002,state=wait_bgsave,offset=0,lag=0\r\n";
+        assert_eq!(connected_replicas(info), 1);
         assert_eq!(connected_replicas("role:slave\r\n"), 0);
     }
 }

@@ -160,17 +160,19 @@ struct Parts {
 }
 
 fn split(rest: &str) -> Result<Parts, String> {
+    // The user info ends at the last `@`: a password with an unencoded `/`, `?` or `@` then
+    // stays in it, and is never taken for a host, a path or a parameter (which errors name).
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => (Some(userinfo.to_owned()), rest),
+        None => (None, rest),
+    };
     let (rest, query) = match rest.split_once('?') {
         Some((rest, query)) => (rest, Some(query.to_owned())),
         None => (rest, None),
     };
-    let (authority, path) = match rest.split_once('/') {
-        Some((authority, path)) => (authority, path),
+    let (hosts, path) = match rest.split_once('/') {
+        Some((hosts, path)) => (hosts, path),
         None => (rest, ""),
-    };
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(userinfo.to_owned()), hosts),
-        None => (None, authority),
     };
     Ok(Parts {
         userinfo,
@@ -315,15 +317,14 @@ fn sentinel(
     if let Some(query) = &parts.query {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = decode(value);
             match name {
-                "sentinel_username" => settings.sentinel_username = Some(value),
-                "sentinel_password" => settings.sentinel_password = Some(value),
-                other => {
-                    return Err(format!(
-                        "unknown parameter `{other}` in a redis+sentinel URL (known: \
-                         sentinel_username, sentinel_password)"
-                    ));
+                "sentinel_username" => settings.sentinel_username = Some(decode(value)?),
+                "sentinel_password" => settings.sentinel_password = Some(decode(value)?),
+                // Not named: a mistyped URL can put a secret here.
+                _ => {
+                    return Err("unknown parameter in a redis+sentinel URL (known: \
+                                sentinel_username, sentinel_password)"
+                        .into());
                 }
             }
         }
@@ -400,12 +401,29 @@ impl SentinelSettings {
     }
 }
 
-/// Percent-decoding of a query value, through the URL parser the crate already uses.
-fn decode(value: &str) -> String {
-    url::form_urlencoded::parse(format!("v={value}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
+/// Percent-decoding of a query value (`+` stays a `+`), by the client library's URL parser, as
+/// for the password in the user info.
+fn decode(value: &str) -> Result<String, String> {
+    let info = format!("redis://:{value}@localhost/")
+        .as_str()
+        .into_connection_info()
+        .map_err(|_| "a sentinel_username or sentinel_password that is not percent-encoded")?;
+    Ok(info
+        .redis_settings()
+        .password()
         .unwrap_or_default()
+        .to_owned())
+}
+
+/// A `[user:password@]host:port` node as it may be logged.
+pub(crate) fn redact_node(node: &str, redacted: &str) -> String {
+    match node.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:{redacted}@{host}"),
+            None => node.to_owned(),
+        },
+        None => node.to_owned(),
+    }
 }
 
 /// The URL as it may be logged: the password in the user info, and the `pass` and
@@ -416,25 +434,27 @@ pub(crate) fn redact_multi_host(url: &str, redacted: &str) -> Option<String> {
     if !scheme.contains('+') || scheme == "redis+unix" {
         return None;
     }
-    let (before_query, query) = match rest.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (rest, None),
-    };
-    let (authority, path) = match before_query.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (before_query, None),
-    };
     let mut out = format!("{scheme}://");
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
+    // As `split` reads it: the user info ends at the last `@`.
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => {
             match userinfo.split_once(':') {
                 Some((user, _)) => out.push_str(&format!("{user}:{redacted}@")),
                 None => out.push_str(&format!("{userinfo}@")),
             }
-            out.push_str(hosts);
+            rest
         }
-        None => out.push_str(authority),
-    }
+        None => rest,
+    };
+    let (authority, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let (hosts, path) = match authority.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (authority, None),
+    };
+    out.push_str(hosts);
     if let Some(path) = path {
         out.push('/');
         out.push_str(path);
@@ -511,5 +531,24 @@ mod tests {
             Some("redis+sentinel://a,b/m?sentinel_password=***&x=1")
         );
         assert_eq!(redact_multi_host("redis://u:p@a/", "***"), None);
+        // Unencoded `/`, `?` in a password stay in it.
+        for url in [
+            "redis+cluster://u:pa/ss@h:1,h2:2/",
+            "redis+cluster://:p?w@h:1",
+        ] {
+            let shown = redact_multi_host(url, "***").unwrap();
+            assert!(
+                !shown.contains("pa/ss") && !shown.contains("p?w"),
+                "{shown}"
+            );
+        }
+        match from_url("redis+sentinel://:p?w@s1/m", None) {
+            Ok(_) => {}
+            Err(e) => assert!(!e.contains("p?w") && !e.contains("w@"), "{e}"),
+        }
+        match from_url("redis+sentinel://s1/m?x=secret", None) {
+            Ok(_) => panic!("an unknown parameter was accepted"),
+            Err(e) => assert!(!e.contains("secret") && !e.contains('x'), "{e}"),
+        }
     }
 }
