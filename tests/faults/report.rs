@@ -102,9 +102,9 @@ pub fn document(rows: &[FaultRow]) -> String {
     )
 }
 
-/// What a single Redis server cannot promise, said where the figures are.
+/// What Redis (one server, a Cluster, Sentinel) cannot promise, said where the figures are.
 const LIMITS: &str = "\
-## What a single Redis cannot promise
+## What Redis cannot promise
 
 - **A server that loses its data** (restart without persistence, a restore from an older \
 snapshot, FLUSHALL, eviction, a failover to a replica that had not received the lock yet: rows 4 \
