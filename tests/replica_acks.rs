@@ -14,16 +14,19 @@ use tokio::time::Instant;
 
 /// Long enough for a replica on a loaded 2-core machine to acknowledge a write.
 const ACKS_WITHIN: Duration = Duration::from_secs(2);
-/// How long a test waits for a stopped replica's acknowledgement: short, it never comes.
+/// How long a test waits for a stopped replica's acknowledgement: short, it never comes (only
+/// attempts made while the replica is stopped use it; the others allow `ACKS_WITHIN`).
 const STOPPED_ACKS_WITHIN: Duration = Duration::from_millis(300);
 const LEASE: Duration = Duration::from_secs(30);
 
-/// A primary and a replica of it, in sync.
+/// A primary and a replica of it, in sync: online as the primary sees it (the replica says its
+/// link is up as soon as it has loaded the snapshot, but the primary counts it, and WAIT waits
+/// for it, only from its first acknowledgement, up to a second later).
 async fn primary_and_replica() -> (RedisServer, RedisServer) {
     let primary = RedisServer::start();
     let port = primary.port().to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
-    let mut conn = replica.client().await;
+    let mut conn = primary.client().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let info: String = redis::cmd("INFO")
@@ -31,7 +34,7 @@ async fn primary_and_replica() -> (RedisServer, RedisServer) {
             .query_async(&mut conn)
             .await
             .unwrap();
-        if info.contains("master_link_status:up") {
+        if info.contains("state=online") {
             return (primary, replica);
         }
         assert!(
@@ -129,7 +132,10 @@ async fn a_lock_no_replica_acknowledges_is_given_up_and_the_caller_told() {
         .unwrap();
     // Learn the replica count first, while the replica answers.
     let warm = locker
-        .acquire("warm", LockOptions::new().lease(LEASE))
+        .acquire(
+            "warm",
+            LockOptions::new().lease(LEASE).replica_acks(ACKS_WITHIN),
+        )
         .await
         .unwrap();
     warm.release().await.unwrap();
@@ -254,7 +260,10 @@ async fn an_unacknowledged_hand_over_is_still_a_clean_release() {
         .await
         .unwrap();
     let holder = locker
-        .acquire("handed", LockOptions::new().lease(LEASE))
+        .acquire(
+            "handed",
+            LockOptions::new().lease(LEASE).replica_acks(ACKS_WITHIN),
+        )
         .await
         .unwrap();
     let waiting = {
