@@ -50,8 +50,8 @@
 //! Waiters subscribe to `P{K}:released` before retrying, through one subscriber connection per
 //! [`Locker`] shared by all waiting tasks, and sleep until a message or the holder's expiry. The
 //! subscriber connection is PINGed every [`LockerBuilder::subscriber_health_check`] (a half-open
-//! one is replaced within twice that; not on a Cluster, whose nodes' connections are the client
-//! library's); a waiter whose subscription does not work retries every
+//! one is replaced within twice that; on a Cluster every primary is PINGed, and one that does
+//! not answer has its channels subscribed again); a waiter whose subscription does not work retries every
 //! [`FALLBACK_RETRY_INTERVAL`] instead.
 //! Tasks of one [`Locker`] that wait for the same key also queue in arrival order: a release
 //! through that locker passes the lock straight to the first of them (a hand-over: one round

@@ -12,7 +12,12 @@
 //!   subscribed again (the client routes it to whoever serves the slot now), and waiters retry
 //!   at a steady pace until their channel's SSUBSCRIBE is confirmed;
 //! - a slot migrated away (the server sends `sunsubscribe` for its channels): the same, for the
-//!   channels it names.
+//!   channels it names;
+//! - a primary that does not answer the health-check PING (sent to every primary each
+//!   `subscriber_health_check`, to be answered within the same time; a host that vanished, or a
+//!   connection that went half-open, sends no disconnection): the same as a lost connection. The
+//!   channels of the shards that answer are confirmed again at once; the others' waiters retry
+//!   at a steady pace until theirs are.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,9 +27,10 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc};
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use super::channels::{self, Channels, Registered, sleep_until};
 use super::waiters::{Command, Source, SubscriberSettings, bounded};
@@ -77,6 +83,7 @@ pub(super) fn spawn(
         conn: None,
         pushes: None,
         connecting: false,
+        ping_in_flight: false,
         channels: Channels::default(),
         in_flight: FuturesUnordered::new(),
         retry_at: None,
@@ -98,6 +105,7 @@ enum Done {
         result: Result<(), String>,
     },
     Unsubscribed,
+    Pinged(Result<(), String>),
 }
 
 struct ShardActor {
@@ -105,6 +113,7 @@ struct ShardActor {
     conn: Option<ClusterConnection>,
     pushes: Option<mpsc::UnboundedReceiver<PushInfo>>,
     connecting: bool,
+    ping_in_flight: bool,
     channels: Channels,
     in_flight: FuturesUnordered<BoxFuture<'static, Done>>,
     /// When to connect again (no connection) or to subscribe the channels that are down.
@@ -114,6 +123,8 @@ struct ShardActor {
 
 impl ShardActor {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut health = tokio::time::interval(self.settings.health_check);
+        health.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let retry_at = self.retry_at;
             tokio::select! {
@@ -132,6 +143,7 @@ impl ShardActor {
                 Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.finish(done);
                 }
+                _ = health.tick() => self.ping(),
                 () = sleep_until(retry_at) => {
                     self.retry_at = None;
                     self.retry();
@@ -186,6 +198,28 @@ impl ShardActor {
                 identity,
                 result,
             }
+        });
+    }
+
+    /// PINGs every primary; one that does not answer within the interval may have taken
+    /// releases with it (see the module docs).
+    fn ping(&mut self) {
+        if self.ping_in_flight || self.channels.is_empty() {
+            return;
+        }
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        let mut conn = conn.clone();
+        let every = self.settings.health_check;
+        self.ping_in_flight = true;
+        self.start(async move {
+            let every_primary = RoutingInfo::MultiNode((
+                MultipleNodeRoutingInfo::AllMasters,
+                Some(ResponsePolicy::AllSucceeded),
+            ));
+            let ping = conn.route_command(redis::cmd("PING"), every_primary);
+            Done::Pinged(bounded(every, ping).await.map(drop))
         });
     }
 
@@ -247,6 +281,13 @@ impl ShardActor {
                 }
             }
             Done::Unsubscribed => {}
+            Done::Pinged(result) => {
+                self.ping_in_flight = false;
+                if let Err(why) = result {
+                    tracing::debug!(reason = why, "a primary missed the lock subscriber's PING");
+                    self.resubscribe_all();
+                }
+            }
         }
     }
 
@@ -291,16 +332,19 @@ impl ShardActor {
                     self.subscribe(name);
                 }
             }
-            PushKind::Disconnection => {
-                // The client reconnects and resubscribes that node's channels by itself; which
-                // ones those are is not said, so every waiter retries and every channel is
-                // subscribed again (a second SSUBSCRIBE of a channel changes nothing).
-                self.channels.all_lost();
-                for name in self.channels.names() {
-                    self.subscribe(name);
-                }
-            }
+            // The client reconnects and resubscribes that node's channels by itself; which ones
+            // those are is not said.
+            PushKind::Disconnection => self.resubscribe_all(),
             _ => {}
+        }
+    }
+
+    /// Releases on some node may have been missed: every waiter retries and every channel is
+    /// subscribed again (a second SSUBSCRIBE of a channel changes nothing).
+    fn resubscribe_all(&mut self) {
+        self.channels.all_lost();
+        for name in self.channels.names() {
+            self.subscribe(name);
         }
     }
 
