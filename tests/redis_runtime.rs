@@ -822,44 +822,23 @@ async fn the_acquire_script_run_twice_answers_taken_both_times() {
     let server = RedisServer::start();
     let mut conn = server.client().await;
     let script = redis::Script::new(include_str!("../lock-runtime/src/engine/redis/acquire.lua"));
+    // One run of the acquire script for `token`, handed over from `giver` if there is one.
+    let mut take = async |token: &str, giver: Option<&str>| -> Vec<i64> {
+        let mut invocation = script.key("lock:{twice}");
+        invocation.arg(token).arg(30_000).arg("label");
+        if let Some(giver) = giver {
+            invocation.arg(giver);
+        }
+        invocation.invoke_async(&mut conn).await.unwrap()
+    };
     let token = "0123456789abcdef0123456789abcdef";
-    let first: Vec<i64> = script
-        .key("lock:{twice}")
-        .arg(token)
-        .arg(30_000)
-        .arg("label")
-        .invoke_async(&mut conn)
-        .await
-        .unwrap();
-    let second: Vec<i64> = script
-        .key("lock:{twice}")
-        .arg(token)
-        .arg(30_000)
-        .arg("label")
-        .invoke_async(&mut conn)
-        .await
-        .unwrap();
+    let first = take(token, None).await;
+    let second = take(token, None).await;
     assert_eq!(first[0], 1, "{first:?}");
     assert_eq!(second, first, "a second run of the same acquire");
     let taker = "fedcba9876543210fedcba9876543210";
-    let handed: Vec<i64> = script
-        .key("lock:{twice}")
-        .arg(taker)
-        .arg(30_000)
-        .arg("label")
-        .arg(token)
-        .invoke_async(&mut conn)
-        .await
-        .unwrap();
-    let again: Vec<i64> = script
-        .key("lock:{twice}")
-        .arg(taker)
-        .arg(30_000)
-        .arg("label")
-        .arg(token)
-        .invoke_async(&mut conn)
-        .await
-        .unwrap();
+    let handed = take(taker, Some(token)).await;
+    let again = take(taker, Some(token)).await;
     assert_eq!(handed[0], 1, "{handed:?}");
     assert!(handed[1] > first[1], "{handed:?} after {first:?}");
     assert_eq!(again, handed, "a second run of the same hand-over");

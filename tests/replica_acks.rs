@@ -45,6 +45,15 @@ async fn primary_and_replica() -> (RedisServer, RedisServer) {
     }
 }
 
+/// A locker whose locks wait `STOPPED_ACKS_WITHIN` for the replica unless they say otherwise.
+async fn stopped_bound_locker(primary: &RedisServer) -> Locker {
+    Locker::builder(primary.url())
+        .replica_acks(STOPPED_ACKS_WITHIN)
+        .build()
+        .await
+        .unwrap()
+}
+
 /// SIGSTOP: the replica stays connected but answers nothing, acknowledgements included.
 struct Stopped(u32);
 
@@ -125,11 +134,7 @@ async fn after_the_first_step_each_acknowledged_step_is_one_round_trip() {
 #[tokio::test]
 async fn a_lock_no_replica_acknowledges_is_given_up_and_the_caller_told() {
     let (primary, replica) = primary_and_replica().await;
-    let locker = Locker::builder(primary.url())
-        .replica_acks(STOPPED_ACKS_WITHIN)
-        .build()
-        .await
-        .unwrap();
+    let locker = stopped_bound_locker(&primary).await;
     // Learn the replica count first, while the replica answers.
     let warm = locker
         .acquire(
@@ -254,11 +259,7 @@ async fn a_zero_bound_is_refused() {
 #[tokio::test]
 async fn an_unacknowledged_hand_over_is_still_a_clean_release() {
     let (primary, replica) = primary_and_replica().await;
-    let locker = Locker::builder(primary.url())
-        .replica_acks(STOPPED_ACKS_WITHIN)
-        .build()
-        .await
-        .unwrap();
+    let locker = stopped_bound_locker(&primary).await;
     let holder = locker
         .acquire(
             "handed",

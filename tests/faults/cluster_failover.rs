@@ -2,7 +2,6 @@
 //! over (3 primaries + 3 replicas, node timeout 1 s), with and without replica acknowledgement:
 //! the scene of `failover.rs`, on the keys of one shard.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::failover::{self, Topology};
@@ -84,28 +83,15 @@ pub fn run() -> FaultRow {
     let cluster = RedisCluster::start();
     let victim = cluster.primaries()[0].port();
     let victim_key = keys_on(&cluster, victim, "victim", 1).remove(0);
-    let topology = Arc::new(Cluster {
-        cluster,
-        victim,
-        victim_key,
-    });
-    let found = crate::runtime().block_on(failover::scene(Arc::clone(&topology)));
-    let took = started.elapsed();
-    println!(
-        "  cluster failover row: {:.1} s, failover {:.2} s; {}",
-        took.as_secs_f64(),
-        found.failover.as_secs_f64(),
-        found.notes()
-    );
-    found.check();
-    FaultRow {
-        fault: "Cluster primary killed (kill -9), with and without replica acks",
-        injected: failover::injected("3+3 cluster, a shard's", &found),
-        sections: found.sections(),
-        overlaps: found.unreported_overlaps(),
-        lost: found.lost(),
-        lost_reported: found.reported(),
-        recovery: Some(found.recovery()),
-        notes: found.notes(),
-    }
+    failover::row(
+        Cluster {
+            cluster,
+            victim,
+            victim_key,
+        },
+        started,
+        "cluster",
+        "Cluster primary killed (kill -9), with and without replica acks",
+        "3+3 cluster, a shard's",
+    )
 }

@@ -237,8 +237,37 @@ impl Found {
     }
 }
 
+/// Plays the scene on `topology` (started at `started`) and makes its row: `what` names the
+/// topology in the log, `fault` the row, `victim` whose keys the locks are on.
+pub fn row<T: Topology>(
+    topology: T,
+    started: std::time::Instant,
+    what: &str,
+    fault: &'static str,
+    victim: &str,
+) -> crate::report::FaultRow {
+    let found = crate::runtime().block_on(scene(Arc::new(topology)));
+    println!(
+        "  {what} failover row: {:.1} s, failover {:.2} s; {}",
+        started.elapsed().as_secs_f64(),
+        found.failover.as_secs_f64(),
+        found.notes()
+    );
+    found.check();
+    crate::report::FaultRow {
+        fault,
+        injected: injected(victim, &found),
+        sections: found.sections(),
+        overlaps: found.unreported_overlaps(),
+        lost: found.lost(),
+        lost_reported: found.reported(),
+        recovery: Some(found.recovery()),
+        notes: found.notes(),
+    }
+}
+
 /// The row's "injected" column: `victim` names whose keys the locks are on.
-pub fn injected(victim: &str, found: &Found) -> String {
+fn injected(victim: &str, found: &Found) -> String {
     format!(
         "{victim} keys: 2 lockers (watchdog, one with replica acks) take {HELD} locks each with \
          the replica in sync; replica SIGSTOPped and {:.0} MiB of ballast queued behind it; \

@@ -2,7 +2,6 @@
 //! promote its replica (primary + replica + 3 sentinels, down after 1 s), with and without
 //! replica acknowledgement: the scene of `failover.rs`.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::failover::{self, Topology};
@@ -46,24 +45,11 @@ pub fn run() -> FaultRow {
     let started = Instant::now();
     let setup = RedisSentinel::start();
     let primary = setup.primary_port();
-    let topology = Arc::new(Sentinel { setup, primary });
-    let found = crate::runtime().block_on(failover::scene(Arc::clone(&topology)));
-    let took = started.elapsed();
-    println!(
-        "  sentinel failover row: {:.1} s, failover {:.2} s; {}",
-        took.as_secs_f64(),
-        found.failover.as_secs_f64(),
-        found.notes()
-    );
-    found.check();
-    FaultRow {
-        fault: "Sentinel primary killed (kill -9), with and without replica acks",
-        injected: failover::injected("primary + replica + 3 sentinels, the primary's", &found),
-        sections: found.sections(),
-        overlaps: found.unreported_overlaps(),
-        lost: found.lost(),
-        lost_reported: found.reported(),
-        recovery: Some(found.recovery()),
-        notes: found.notes(),
-    }
+    failover::row(
+        Sentinel { setup, primary },
+        started,
+        "sentinel",
+        "Sentinel primary killed (kill -9), with and without replica acks",
+        "primary + replica + 3 sentinels, the primary's",
+    )
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, watch};
@@ -188,6 +189,16 @@ pub(super) fn start<D>(
         Poll::Ready(done) => Ok(done),
         Poll::Pending => Err(request),
     }
+}
+
+/// `connect` within `timeout`, its error as text for the logs.
+pub(super) async fn connect_within<T>(
+    timeout: Duration,
+    connect: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(timeout, connect)
+        .await
+        .unwrap_or_else(|_| Err(format!("connecting took longer than {timeout:?}")))
 }
 
 pub(super) async fn sleep_until(at: Option<Instant>) {

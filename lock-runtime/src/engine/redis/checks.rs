@@ -95,15 +95,16 @@ async fn refusal(client: &redis::Client) -> Option<String> {
 
 /// Opens the wake-up subscriber connection and checks that the user may subscribe to and
 /// publish on (the release script does, under the user's rights) the locks' channels: SUBSCRIBE
-/// and PUBLISH, or on a Cluster SSUBSCRIBE and SPUBLISH (`publish`).
+/// and PUBLISH, or on a Cluster SSUBSCRIBE and SPUBLISH.
 pub(super) async fn open_subscriber(
     settings: &SubscriberSettings,
     conn: &mut Conn,
     prefix: &str,
-    publish: &str,
 ) -> Result<Initial, BackendError> {
     let probe = format!("{prefix}{{{PROBE_KEY}}}:released");
-    let (subscribe, unsubscribe) = if publish == "SPUBLISH" {
+    let cluster = matches!(settings.source, Source::Cluster(_));
+    let publish = super::publish_command(cluster);
+    let (subscribe, unsubscribe) = if cluster {
         ("ssubscribe", "sunsubscribe")
     } else {
         ("subscribe", "unsubscribe")

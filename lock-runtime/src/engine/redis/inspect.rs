@@ -28,7 +28,7 @@ impl RedisEngine {
         let lock = self.lock_key(key);
         let channel = format!("{lock}:released");
         let mut cmd = eval(&FORCE_RELEASE, &lock);
-        cmd.arg(&channel).arg(self.publish);
+        cmd.arg(&channel).arg(self.publish());
         let (reply, _): (Reply, _) = self
             .call(&FORCE_RELEASE, &lock, cmd, None, "force-releasing")
             .await?;

@@ -67,8 +67,8 @@ pub(crate) struct RedisEngine {
     response_timeout: Duration,
     waiters: Waiters,
     holder_label: String,
-    /// How a release wakes waiters: PUBLISH, or SPUBLISH on a Cluster.
-    publish: &'static str,
+    /// A Cluster: its own lock names for some keys, per-slot replica counts, and SPUBLISH.
+    cluster: bool,
     /// For replica acknowledgement: how many replicas were connected at the last look.
     replica_counts: ReplicaCounts,
 }
@@ -90,25 +90,23 @@ impl RedisEngine {
         // timeout.
         let bound = settings.connect_timeout + settings.response_timeout;
         let timed_out = |_| BackendError::timeout(settings.connect_timeout, "connecting");
-        let (source, remake, publish) = match topology {
+        let (source, remake) = match topology {
             Topology::Single(client) => (
                 Source::Single(client.clone()),
                 Remake::Single(client, config.clone()),
-                "PUBLISH",
             ),
             Topology::Sentinel(client) => {
                 let source = Arc::new(SentinelSource::new(client, bound));
                 (
                     Source::Sentinel(Arc::clone(&source)),
                     Remake::Sentinel(source, config.clone()),
-                    "PUBLISH",
                 )
             }
             Topology::Cluster(nodes) => {
                 let client = nodes
                     .client(None, settings.connect_timeout, settings.response_timeout)
                     .map_err(BackendError::redis)?;
-                (Source::Cluster(nodes), Remake::Cluster(client), "SPUBLISH")
+                (Source::Cluster(nodes), Remake::Cluster(client))
             }
         };
         let connect = async {
@@ -163,8 +161,8 @@ impl RedisEngine {
         };
         // Made now rather than at the first contended acquire, so that a server that refuses it
         // says so here.
-        let subscriber =
-            checks::open_subscriber(&subscriber_settings, &mut conn, &settings.prefix, publish);
+        let cluster = matches!(remake, Remake::Cluster(_));
+        let subscriber = checks::open_subscriber(&subscriber_settings, &mut conn, &settings.prefix);
         let initial = tokio::time::timeout(bound, subscriber)
             .await
             .map_err(timed_out)??;
@@ -175,7 +173,7 @@ impl RedisEngine {
             response_timeout: settings.response_timeout,
             waiters,
             holder_label: settings.holder_label,
-            publish,
+            cluster,
             replica_counts: ReplicaCounts::default(),
         };
         // The scripts run under the user's rights on the keys they touch: release a lock nobody
@@ -198,6 +196,12 @@ impl RedisEngine {
         self.commands.close();
     }
 
+    /// How a release wakes waiters: PUBLISH, or on a Cluster SPUBLISH (heard on the lock's shard
+    /// only).
+    fn publish(&self) -> &'static str {
+        publish_command(self.cluster)
+    }
+
     /// The lock's name: `P{K}`, so that a Cluster keeps it and its channel in the slot of `K`.
     ///
     /// On a Cluster, a key that starts with `}` would give `P{}...}`, whose hash tag is empty:
@@ -206,7 +210,7 @@ impl RedisEngine {
     /// named `P{~` + K + `~` instead (hash tag `~`): a name of that form never ends with `}`, so
     /// it never meets another key's `P{K}`.
     fn lock_key(&self, key: &str) -> String {
-        if self.publish == "SPUBLISH" && key.starts_with('}') {
+        if self.cluster && key.starts_with('}') {
             return format!("{}{{~{}~", self.prefix, key);
         }
         format!("{}{{{}}}", self.prefix, key)
@@ -262,7 +266,7 @@ impl RedisEngine {
         lock: &str,
         within: Duration,
     ) -> redis::RedisResult<(T, Option<Acks>)> {
-        let slot = if self.publish == "SPUBLISH" {
+        let slot = if self.cluster {
             replicas::slot(lock)
         } else {
             0
@@ -385,7 +389,7 @@ impl RedisEngine {
         cmd.arg(token)
             .arg(keep.map_or(0, |k| millis(k).max(1)))
             .arg(&channel)
-            .arg(self.publish);
+            .arg(self.publish());
         let (reply, _): (i64, _) = self.call(&RELEASE, &lock, cmd, None, "releasing").await?;
         Ok(if reply == 1 {
             Released::Done
@@ -495,6 +499,10 @@ impl Engine for RedisEngine {
     ) -> BoxFuture<'a, Result<Option<LockInfo>, BackendError>> {
         Box::pin(RedisEngine::force_release(self, key))
     }
+}
+
+pub(super) fn publish_command(cluster: bool) -> &'static str {
+    if cluster { "SPUBLISH" } else { "PUBLISH" }
 }
 
 /// An EVALSHA of `script` on the lock `lock`, its only key; the caller adds the arguments.

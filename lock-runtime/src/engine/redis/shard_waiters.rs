@@ -227,15 +227,8 @@ impl ShardActor {
         self.connecting = true;
         let settings = Arc::clone(&self.settings);
         self.start(async move {
-            let connect = Sharded::connect(&settings);
-            let result = match tokio::time::timeout(settings.connect_timeout, connect).await {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(_) => Err(format!(
-                    "connecting took longer than {:?}",
-                    settings.connect_timeout
-                )),
-            };
-            Done::Connected(result)
+            let connect = async { Sharded::connect(&settings).await.map_err(|e| e.to_string()) };
+            Done::Connected(channels::connect_within(settings.connect_timeout, connect).await)
         });
     }
 

@@ -521,6 +521,11 @@ mod tests {
     }
 
     #[test]
+    fn query_values_are_percent_decoded_with_plus_kept() {
+        assert_eq!(decode("a+b%2Bc%40d").as_deref(), Ok("a+b+c@d"));
+    }
+
+    #[test]
     fn multi_host_urls_are_redacted() {
         assert_eq!(
             redact_multi_host("redis+cluster://u:secret@a:1,b:2/", "***").as_deref(),

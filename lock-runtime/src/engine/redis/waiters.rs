@@ -367,14 +367,7 @@ impl Actor {
         let settings = Arc::clone(&self.settings);
         self.start(async move {
             let connect = settings.source.pubsub();
-            let result = match tokio::time::timeout(settings.connect_timeout, connect).await {
-                Ok(result) => result,
-                Err(_) => Err(format!(
-                    "connecting took longer than {:?}",
-                    settings.connect_timeout
-                )),
-            };
-            Done::Connected(result)
+            Done::Connected(channels::connect_within(settings.connect_timeout, connect).await)
         });
     }
 
